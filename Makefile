@@ -1,0 +1,41 @@
+# The two set-up commands of the README: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PORT   ?= 2525
+
+.PHONY: run test venv system-deps lint clean
+
+$(BIN)/qpsmtpd-py-prefork: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(BIN)/qpsmtpd-py-prefork
+
+# Starts the daemon in the foreground on the embedded default config:
+# 127.0.0.1:$(PORT), mail for localhost and `me` stored in var/Maildir.
+run: venv
+	mkdir -p var
+	$(BIN)/qpsmtpd-py-prefork --config-dir config --listen-address 127.0.0.1 --port $(PORT) --children 2
+
+# Installs what the test suite needs (Debian packages, the venv) and runs all of it.
+test: venv system-deps
+	$(BIN)/python -m pytest -q tests
+
+# Debian packages the tests use (procps for pgrep/ps; daemontools and runit for the run/
+# service directories; postfix for smtp-sink and private Postfix instances, openssl for test
+# certificates; dovecot-lmtpd for queue/lmtp's LMTP server; libmail-dkim-perl (Perl's Mail::DKIM)
+# to cross-check the dkim and domainkeys plugins; libmail-dmarc-perl (Perl's Mail::DMARC) to
+# cross-check the dmarc plugin; later: more real peers).
+system-deps:
+	@bash tests/install-system-deps.sh procps daemontools runit postfix openssl dovecot-lmtpd \
+		libmail-dkim-perl libmail-dmarc-perl
+
+lint: venv
+	$(BIN)/pip install --quiet ruff
+	$(BIN)/ruff check qpsmtpd_py plugins tests bench
+
+clean:
+	rm -rf $(VENV) var build *.egg-info
