@@ -114,6 +114,19 @@ class Transaction:
         with self.body_file() as body:
             shutil.copyfileobj(body, out, _COPY_CHUNK)
 
+    def replace_body(self, path: Path) -> None:
+        """Make the file at `path` (a `temp_file()`, LF line endings) the body, e.g. a milter's new body."""
+        if self._file is not None:
+            self._file.close()
+            if self._path is not None:
+                self._path.unlink(missing_ok=True)
+        if path in self._temp_paths:
+            self._temp_paths.remove(path)  # it is the spool file now, removed as such
+        self._memory = bytearray()
+        self._path = path
+        self._file = open(path, "r+b")  # noqa: SIM115  (closed by close() or the next replace)
+        self._file.seek(0, os.SEEK_END)
+
     # -- temp files for plugins, removed with the transaction -------------------------------
     def temp_file(self) -> Path:
         path = spool_name(self.spool_dir)
