@@ -31,7 +31,7 @@ test: venv system-deps
 # cross-check the dmarc plugin; later: more real peers).
 system-deps:
 	@bash tests/install-system-deps.sh procps daemontools runit postfix openssl dovecot-lmtpd \
-		libmail-dkim-perl libmail-dmarc-perl
+		libmail-dkim-perl libmail-dmarc-perl clamav-daemon clamav p0f redis-server spamd rspamd opendkim opendkim-tools
 
 lint: venv
 	$(BIN)/pip install --quiet ruff

@@ -63,6 +63,9 @@ def build_qp(settings: Settings):  # -> Qpsmtpd (imported late: after defer_reac
     errors = qp.load()
     if errors:
         raise StartupError("\n".join(str(error) for error in errors))
+    if settings.tls_listen and qp.tls is None:
+        raise StartupError("--tls-listen-address needs a certificate: add the tls plugin to config/plugins "
+                           "and make one with qpsmtpd-py-tls-cert")
     return qp
 
 
@@ -83,6 +86,8 @@ def _help_plugin(name: str) -> str:
 @click.command(context_settings={"help_option_names": ["--help", "-h"]})
 @click.option("--listen-address", "--interface", "listen", multiple=True, metavar="ADDR[:PORT]",
               help="Address to listen on; repeatable; IPv6 in brackets. Default [::] (or 0.0.0.0).")
+@click.option("--tls-listen-address", "tls_listen", multiple=True, metavar="ADDR:PORT",
+              help="Also listen here with implicit TLS (SMTPS, like port 465); needs the tls plugin.")
 @click.option("--port", default=25, show_default=True, help="Port for addresses given without one.")
 @click.option("--children", default=15, show_default=True, help="Maximum number of child processes.")
 @click.option("--idle-children", default=5, show_default=True,
@@ -109,8 +114,8 @@ def _help_plugin(name: str) -> str:
 @click.option("--debug", is_flag=True, help="Log at LOGDEBUG and log the master's supervision.")
 @click.option("--quiet", is_flag=True, help="Accepted for compatibility with qpsmtpd-prefork.")
 @click.version_option(__version__, message="qpsmtpd-py Daemon - version %(version)s")
-def main(listen: tuple[str, ...], port: int, children: int, idle_children: int, max_from_ip: int,
-         sessions_per_child: int, child_lifetime: int, shutdown_timeout: float, pretty_child: bool,
+def main(listen: tuple[str, ...], tls_listen: tuple[str, ...], port: int, children: int, idle_children: int,
+         max_from_ip: int, sessions_per_child: int, child_lifetime: int, shutdown_timeout: float, pretty_child: bool,
          user: str | None, pid_file: str | None, renice_parent: int | None, detach: bool, config_dir: str | None,
          check_config: bool, help_plugin: str | None, debug: bool, quiet: bool) -> None:
     """Start the qpsmtpd-py SMTP daemon (a pre-forking server, like qpsmtpd-prefork)."""
@@ -121,6 +126,7 @@ def main(listen: tuple[str, ...], port: int, children: int, idle_children: int, 
         idle_children = children  # qpsmtpd-prefork's rule
     settings = Settings(
         listen=[parse_listen_address(a, port) for a in listen] or [ListenAddress(default_listen_host(), port)],
+        tls_listen=[parse_listen_address(a, 465) for a in tls_listen],
         port=port, children=children, idle_children=idle_children,
         max_from_ip=max_from_ip or children, sessions_per_child=max(1, sessions_per_child),
         child_lifetime=max(1, child_lifetime), shutdown_timeout=shutdown_timeout, user=user,
@@ -145,7 +151,7 @@ def run(settings: Settings, check_only: bool = False) -> int:
         # Order as qpsmtpd-prefork: pid file (fail fast), bind (port 25 needs root),
         # renice, drop privileges, and only then run any plugin code.
         pid_file = PidFile(settings.pid_file) if settings.pid_file else None
-        sockets = bind_sockets(settings.listen)
+        sockets = bind_sockets(settings.listen + settings.tls_listen)
         child_nice = renice_master(settings.renice_parent, explicit=settings.renice_explicit)
         preload()
         if settings.user:

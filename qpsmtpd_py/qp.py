@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import ConfigError, ConfigReader
@@ -18,6 +19,9 @@ from .hooks import HookRegistry, HookRunner
 from .log import Logger, current_session
 from .paths import bundled_plugin_dir
 from .plugin import Plugin, load_plugins
+
+if TYPE_CHECKING:
+    from .tls import ServerTLS
 
 SOFTWARE = "qpsmtpd-py"
 NUMERIC_SETTINGS = {
@@ -29,6 +33,8 @@ NUMERIC_SETTINGS = {
     "max_data_line_length": (r"\d+", "a length in bytes"),
     "loglevel": (r"[0-7]", "a log level from 0 to 7"),
     "forbid_bare_newline": (r"[01]", "0 or 1"),
+    "tls_before_auth": (r"[01]", "0 or 1"),
+    "auth_max_failures": (r"\d+", "a number of failed AUTH attempts (0 = no limit)"),
     "spool_perms": (r"[0-7]{3,4}", "an octal mode such as 0700"),
 }
 DEFAULT_PLUGIN_TIMEOUT = 300.0
@@ -48,6 +54,7 @@ class Qpsmtpd:
         self.runner = HookRunner(self.hooks, self.logger.log,
                                  float(self._config_int("plugin_timeout", int(DEFAULT_PLUGIN_TIMEOUT))))
         self.plugins: list[Plugin] = []
+        self.tls: ServerTLS | None = None  # set by the tls plugin when it has a certificate
         self.spool_dir = Path(".")
         self.size_threshold = self._config_int("size_threshold", DEFAULT_SIZE_THRESHOLD)
 

@@ -30,6 +30,7 @@ class SessionFactory(protocol.ServerFactory):
         self.scoreboard = scoreboard  # shared with the other children (None in tests)
         self.region = region
         self.sessions: set[SMTPSession] = set()
+        self.implicit_tls_ports = settings.implicit_tls_ports()
         self.on_session_count: Callable[[int, bool], None] | None = None
         self.reload_settings()
         self._sweeper: task.LoopingCall | None = None

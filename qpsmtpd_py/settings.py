@@ -17,6 +17,8 @@ class ListenAddress:
 @dataclass
 class Settings:
     listen: list[ListenAddress] = field(default_factory=list)
+    # Listeners that speak TLS from the first byte (SMTPS, RFC 8314), besides port 465.
+    tls_listen: list[ListenAddress] = field(default_factory=list)
     port: int = 25
     children: int = 15
     idle_children: int = 5
@@ -33,3 +35,6 @@ class Settings:
     debug: bool = False
     quiet: bool = False
     config_dir: str | None = None
+
+    def implicit_tls_ports(self) -> set[int]:
+        return {465} | {address.port for address in self.tls_listen}

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from . import command
 from .address import Address
+from .auth import AuthCommand
 from .connection import Connection
 from .constants import (
     DENY,
@@ -45,6 +46,8 @@ from .constants import (
 from .data_phase import NEED_MORE, DataPhase
 from .hooks import NO_RESULT, HookResult, HookTimeout, is_deferred
 from .log import current_session
+from .session_tls import TLSSession
+from .tls import describe_error
 from .transaction import Transaction
 
 if TYPE_CHECKING:
@@ -66,7 +69,7 @@ _VERB = re.compile(r"^\w{1,12}$", re.ASCII)
 _NULL_SENDERS = frozenset(("<>", "<#@[]>"))
 
 
-class SMTPSession(DataPhase, smtp.ESMTP):
+class SMTPSession(DataPhase, AuthCommand, TLSSession, smtp.ESMTP):
     """One SMTP session, from accept to close."""
 
     def __init__(self, qp: Qpsmtpd, server: SessionFactory) -> None:
@@ -92,7 +95,8 @@ class SMTPSession(DataPhase, smtp.ESMTP):
         self.commands: dict[str, Callable[[str], Any]] = {
             "helo": self.do_helo, "ehlo": self.do_ehlo, "rset": self.do_rset, "mail": self.do_mail,
             "rcpt": self.do_rcpt, "data": self.do_data, "help": self.do_help, "vrfy": self.do_vrfy,
-            "noop": self.do_noop, "quit": self.do_quit,
+            "noop": self.do_noop, "quit": self.do_quit, "auth": self.do_auth,
+            "starttls": self.do_starttls,
         }
 
     # -- plumbing ------------------------------------------------------------------------
@@ -176,6 +180,9 @@ class SMTPSession(DataPhase, smtp.ESMTP):
         self.server.session_started(self)
         self.transport.registerProducer(self, True)
         self.log(LOGNOTICE, f"Connection from {self.connection.remote_info} [{self.connection.remote_ip}]")
+        if self.qp.tls is not None and self.connection.local_port in self.server.implicit_tls_ports:
+            self.start_implicit_tls()  # greets once the handshake is done
+            return
         self._start_command(self._greet())
 
     def _greet(self) -> Any:
@@ -227,6 +234,8 @@ class SMTPSession(DataPhase, smtp.ESMTP):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         current_session.set(self)
+        if self.tls_started and not self.tls_active:
+            self.log(LOGNOTICE, f"TLS negotiation failed: {describe_error(reason.value)}")
         self._closing = True
         self._gone = True
         if self._busy:
@@ -314,6 +323,8 @@ class SMTPSession(DataPhase, smtp.ESMTP):
         """
         if self._buffer:
             return True
+        if self.tls_started:
+            return False  # the socket holds TLS records, not commands
         try:
             return bool(self.transport.getHandle().recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
         except (BlockingIOError, AttributeError, OSError):
@@ -455,7 +466,11 @@ class SMTPSession(DataPhase, smtp.ESMTP):
                     del self._buffer[:end + 1]
                     if line.endswith(b"\r"):
                         line = line[:-1]
-                    outcome = self._dispatch(line)
+                    if self._expect is not None:  # an AUTH exchange waits for this line
+                        step, self._expect = self._expect, None
+                        outcome = step(line.decode("utf-8", "surrogateescape"))
+                    else:
+                        outcome = self._dispatch(line)
             except Exception:  # our bug must cost one command, not the session
                 self._command_failed(Failure())
                 continue
@@ -554,6 +569,9 @@ class SMTPSession(DataPhase, smtp.ESMTP):
         if self.server.databytes:
             lines.append(f"SIZE {self.server.databytes}")
         lines.extend(self.transaction.notes.get("capabilities", []))
+        auth = self.auth_capability()
+        if auth:
+            lines.append(auth)
         self.respond(250, *lines)
 
     def do_rset(self, line: str) -> None:

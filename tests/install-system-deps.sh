@@ -41,3 +41,52 @@ if [[ " ${needed[*]:-} " == *" dovecot-lmtpd "* ]]; then
         update-rc.d dovecot disable >/dev/null 2>&1 || true
     fi
 fi
+# clamav-daemon, clamav: the virus/clamdscan and virus/clamav tests start their own clamd (and run
+# clamscan) with a signature database they write. The package starts a system clamd and freshclam,
+# which would download signatures: stop both and keep them from starting at boot.
+if [[ " ${needed[*]:-} " == *" clamav-daemon "* || " ${needed[*]:-} " == *" clamav "* ]]; then
+    for service in clamav-daemon clamav-freshclam; do
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now "$service.service" >/dev/null 2>&1 || true
+        else
+            invoke-rc.d "$service" stop >/dev/null 2>&1 || true
+            update-rc.d "$service" disable >/dev/null 2>&1 || true
+        fi
+    done
+fi
+# spamd (with spamassassin): the spamassassin tests start their own spamd (site config in a
+# temporary directory, free loopback port and unix socket). The package enables a system-wide
+# spamd on port 783 that the tests do not use: stop it and keep it from starting at boot.
+if [[ " ${needed[*]:-} " == *" spamd "* ]]; then
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now spamd.service >/dev/null 2>&1 || true
+    else
+        invoke-rc.d spamd stop >/dev/null 2>&1 || true
+        update-rc.d spamd disable >/dev/null 2>&1 || true
+    fi
+fi
+# redis-server: the greylisting/karma store tests start their own redis-server (temporary
+# directory, free loopback port, no persistence). The package enables and starts a system-wide
+# one on port 6379 that the tests do not use: stop it and keep it from starting at boot.
+if [[ " ${needed[*]:-} " == *" redis-server "* ]]; then
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now redis-server.service >/dev/null 2>&1 || true
+    else
+        invoke-rc.d redis-server stop >/dev/null 2>&1 || true
+        update-rc.d redis-server disable >/dev/null 2>&1 || true
+    fi
+fi
+# rspamd, opendkim: the rspamd and milter tests start their own rspamd (config, databases and
+# sockets in a temporary directory, free loopback ports) and opendkim (key generated per test with
+# opendkim-tools). The packages enable system-wide daemons the tests do not use: stop them and
+# keep them from starting at boot.
+for service in rspamd opendkim; do
+    if [[ " ${needed[*]:-} " == *" $service "* ]]; then
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now "$service.service" >/dev/null 2>&1 || true
+        else
+            invoke-rc.d "$service" stop >/dev/null 2>&1 || true
+            update-rc.d "$service" disable >/dev/null 2>&1 || true
+        fi
+    fi
+done
