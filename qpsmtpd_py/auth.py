@@ -27,6 +27,7 @@ import hashlib
 import hmac
 import os
 import time
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -91,10 +92,12 @@ def validate_password(*, stored_clear: str | None = None, stored_crypt: str | No
 
 def unix_crypt(word: str, salt: str) -> str:
     """crypt(3), for the $1$/$5$/$6$ hashes of vpopmail and /etc/shadow-style files."""
-    try:
-        import crypt  # deprecated, gone in Python 3.13; legacycrypt is the same code
-    except ImportError:  # pragma: no cover - depends on the Python version
-        import legacycrypt as crypt
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import crypt  # gone in Python 3.13; legacycrypt is the same code
+        except ImportError:  # pragma: no cover - depends on the Python version
+            import legacycrypt as crypt
     return crypt.crypt(word, salt) or ""
 
 
