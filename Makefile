@@ -24,11 +24,12 @@ run: venv
 test: venv system-deps
 	$(BIN)/python -m pytest -q tests
 
-# Debian packages the tests use (procps for pgrep/ps; daemontools and runit for the run/
-# service directories; postfix for smtp-sink and private Postfix instances, openssl for test
-# certificates; dovecot-lmtpd for queue/lmtp's LMTP server; libmail-dkim-perl (Perl's Mail::DKIM)
-# to cross-check the dkim and domainkeys plugins; libmail-dmarc-perl (Perl's Mail::DMARC) to
-# cross-check the dmarc plugin; later: more real peers).
+# Debian packages the tests use: procps (pgrep/ps); daemontools and runit (the run/ service
+# directories); postfix (smtp-sink, private Postfix instances); openssl (test certificates);
+# dovecot-lmtpd (queue/lmtp); libmail-dkim-perl and libmail-dmarc-perl (cross-checks of dkim,
+# domainkeys, dmarc); clamav-daemon and clamav (virus/clamdscan, virus/clamav); p0f (ident/p0f);
+# redis-server (the Redis state store); spamd (spamassassin); rspamd, opendkim and opendkim-tools
+# (rspamd, milter). Tests start private instances on loopback; the system services are disabled.
 system-deps:
 	@bash tests/install-system-deps.sh procps daemontools runit postfix openssl dovecot-lmtpd \
 		libmail-dkim-perl libmail-dmarc-perl clamav-daemon clamav p0f redis-server spamd rspamd opendkim opendkim-tools
