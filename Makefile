@@ -29,10 +29,12 @@ test: venv system-deps
 # dovecot-lmtpd (queue/lmtp); libmail-dkim-perl and libmail-dmarc-perl (cross-checks of dkim,
 # domainkeys, dmarc); clamav-daemon and clamav (virus/clamdscan, virus/clamav); p0f (ident/p0f);
 # redis-server (the Redis state store); spamd (spamassassin); rspamd, opendkim and opendkim-tools
-# (rspamd, milter). Tests start private instances on loopback; the system services are disabled.
+# (rspamd, milter); cvm, slapd, mariadb-server, dovecot-imapd (the auth plugins). Tests start private
+# instances on loopback; the system services are disabled.
 system-deps:
 	@bash tests/install-system-deps.sh procps daemontools runit postfix openssl dovecot-lmtpd \
-		libmail-dkim-perl libmail-dmarc-perl clamav-daemon clamav p0f redis-server spamd rspamd opendkim opendkim-tools
+		libmail-dkim-perl libmail-dmarc-perl clamav-daemon clamav p0f redis-server spamd rspamd opendkim opendkim-tools \
+		cvm slapd mariadb-server dovecot-imapd
 
 lint: venv
 	$(BIN)/pip install --quiet ruff

@@ -33,7 +33,8 @@ fi
 # temporary directory, LMTP on a free loopback port). Installing dovecot-core enables and
 # starts a system-wide dovecot; with only LMTP it listens on a unix socket, no TCP port, but
 # the tests have no use for it: stop it and keep it from starting at boot.
-if [[ " ${needed[*]:-} " == *" dovecot-lmtpd "* ]]; then
+# dovecot-imapd (auth/auth_imap) likewise: the tests start their own Dovecot with IMAP.
+if [[ " ${needed[*]:-} " == *" dovecot-lmtpd "* || " ${needed[*]:-} " == *" dovecot-imapd "* ]]; then
     if [ -d /run/systemd/system ]; then
         systemctl disable --now dovecot.service dovecot.socket >/dev/null 2>&1 || true
     else
@@ -82,6 +83,23 @@ fi
 # keep them from starting at boot.
 for service in rspamd opendkim; do
     if [[ " ${needed[*]:-} " == *" $service "* ]]; then
+        if [ -d /run/systemd/system ]; then
+            systemctl disable --now "$service.service" >/dev/null 2>&1 || true
+        else
+            invoke-rc.d "$service" stop >/dev/null 2>&1 || true
+            update-rc.d "$service" disable >/dev/null 2>&1 || true
+        fi
+    fi
+done
+# slapd, mariadb-server: the auth/auth_ldap_bind and auth/auth_vpopmail_sql tests start their own slapd
+# (slapd.conf, database and test user in a temporary directory) and mariadbd (data directory made by
+# mariadb-install-db there), on free loopback ports. The packages enable and start system-wide
+# servers (slapd on port 389, MariaDB on 3306) the tests do not use: stop them and keep them from
+# starting at boot. cvm (auth/auth_cvm_unix_local: cvm-pwfile) starts no service.
+for service in slapd mariadb; do
+    package=$service
+    [ "$service" = mariadb ] && package=mariadb-server
+    if [[ " ${needed[*]:-} " == *" $package "* ]]; then
         if [ -d /run/systemd/system ]; then
             systemctl disable --now "$service.service" >/dev/null 2>&1 || true
         else
