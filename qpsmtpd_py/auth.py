@@ -223,7 +223,9 @@ class AuthCommand:
         def specific_done(result: HookResult) -> Any:
             if result.code != DECLINED:
                 return self._auth_respond(mechanism, user, result)
-            return self._then(self.run_hooks("auth", *args), lambda r: self._auth_respond(mechanism, user, r))
+            # Nobody decided: the reply keeps the last message given (authdeny's, say).
+            return self._then(self.run_hooks("auth", *args), lambda generic: self._auth_respond(
+                mechanism, user, generic if generic.code != DECLINED or generic.messages else result))
 
         return self._then(self.run_hooks(f"auth-{mechanism.lower()}", *args), specific_done)
 

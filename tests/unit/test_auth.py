@@ -251,3 +251,11 @@ def test_decode_response_and_validate_password():
     digest = hmac.new(b"pw", ticket.encode(), hashlib.md5).hexdigest()
     assert validate_password(stored_clear="pw", attempt_hash=digest, ticket=ticket)
     assert not validate_password(stored_crypt="$1$x$y", attempt_hash=digest, ticket=ticket)
+
+
+def test_a_declining_mechanism_hooks_message_is_kept_when_no_generic_hook_decides(tmp_path):
+    driver = session(tmp_path, plugins=("recorder auth-login declined unknown user",))
+    driver.command("AUTH LOGIN")
+    driver.command(b64("u@example.com"))
+    assert driver.command(b64("pw")) == ["535 LOGIN authentication failed for u@example.com from 127.0.0.1 - "
+                                         "unknown user"]
