@@ -38,7 +38,8 @@ def test_wrong_password_unknown_user_empty_password_or_wildcard_get_535(tmp_path
                                                                          password):
     qp = ldap_qp(tmp_path, ldap_port)
     reply = run(reactor, lambda: auth_reply(reactor, qp, "PLAIN", user, password))
-    assert reply == f"535 PLAIN authentication failed for {user} from 127.0.0.1"
+    assert reply == (f"535 PLAIN authentication failed for {user} from 127.0.0.1"
+                     " - authldap - wrong username or password")
 
 
 def test_other_attribute_names_the_user(tmp_path, reactor, ldap_port):

@@ -29,7 +29,8 @@ def test_wrong_password_gets_535(tmp_path, reactor):
     with VpopmaildServer(USERS) as server:
         qp = vpopmaild_qp(tmp_path, server.port)
         reply = run(reactor, lambda: auth_reply(reactor, qp, "PLAIN", "good@example.com", "nope"))
-    assert reply == "535 PLAIN authentication failed for good@example.com from 127.0.0.1"
+    assert reply == ("535 PLAIN authentication failed for good@example.com from 127.0.0.1"
+                     " - auth_vpopmaild - wrong user name or password")
 
 
 def test_password_with_a_space_is_not_sent(tmp_path, reactor):
