@@ -137,7 +137,6 @@ def truthy(text: str | None) -> bool:
 class Greylisting(Plugin):
     reject_values = re.compile(r"^(?:0|1)$")
     reject_help = "0 or 1"
-    reactor = None  # tests put their own reactor here; None is the global one
     clock = staticmethod(time.time)  # tests put a fake clock here
 
     def register(self, qp, *args):
@@ -310,10 +309,7 @@ class Greylisting(Plugin):
     async def store(self):
         """This child's store, opened on first use (never in the master)."""
         if self._store is None:
-            reactor = self.reactor
-            if reactor is None:
-                from twisted.internet import reactor
-            self._store = self.store_settings.open(reactor, clock=self.clock)
+            self._store = self.store_settings.open(self.get_reactor(), clock=self.clock)
             if truthy(self.settings.get("upgrade")):
                 await self.upgrade_keys(self._store)
         return self._store

@@ -114,7 +114,6 @@ def ip_key(ip: str) -> str:
 class Karma(Plugin):
     reject_values = re.compile(r"^(?:0|1|connect|naughty)$")
     reject_help = "0, 1, connect or naughty"
-    reactor = None  # tests put their own reactor here; None is the global one
     clock = staticmethod(time.time)  # tests put a fake clock here
 
     def register(self, qp, *args):
@@ -267,10 +266,7 @@ class Karma(Plugin):
     def store(self):
         """This child's store, opened on first use (never in the master)."""
         if self._store is None:
-            reactor = self.reactor
-            if reactor is None:
-                from twisted.internet import reactor
-            self._store = self.store_settings.open(reactor, clock=self.clock)
+            self._store = self.store_settings.open(self.get_reactor(), clock=self.clock)
         return self._store
 
     async def read(self, ip: str) -> Record | None:

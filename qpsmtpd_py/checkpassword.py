@@ -72,7 +72,6 @@ class CheckpasswordAuth(Plugin):
     A subclass's register() sets `checkpassword`, `true_program` and `timeout`.
     """
 
-    reactor = None  # tests put their own reactor here; None is the global one
     checkpassword = ""
     true_program = ""
     timeout = DEFAULT_TIMEOUT
@@ -82,19 +81,13 @@ class CheckpasswordAuth(Plugin):
         self.register_hook("auth-plain", self.check)
         self.register_hook("auth-login", self.check)
 
-    def _reactor(self) -> Any:
-        if self.reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self.reactor
 
     async def check(self, transaction, mechanism, user, clear, digest, ticket):
         data = credentials(user, clear or "")
         if len(data) > _MAX_INPUT:
             self.log(LOGINFO, f"fail: user name and password longer than {_MAX_INPUT} bytes")
             return DECLINED, "checkpassword - user name or password too long"
-        reactor = self._reactor()
+        reactor = self.get_reactor()
         child = CheckpasswordProcess(self, data, reactor)
         argv = [self.checkpassword, self.true_program]
         self.log(LOGDEBUG, f"running {' '.join(argv)} 3<credentials")

@@ -37,6 +37,10 @@ class Logger:
         self.hook_runner: Callable[[int, str | None, str | None, str], bool] | None = None
         self.in_hook = False
 
+    def enabled(self, level: int) -> bool:
+        """Would a line at `level` go anywhere? Lets callers skip formatting one that would not."""
+        return level <= self.level or self.hook_runner is not None
+
     def log(self, level: int, message: str, hook: str | None = None, plugin: str | None = None) -> None:
         if self.hook_runner is not None and not self.in_hook:
             # A logging plugin that logs must not recurse into itself.

@@ -121,6 +121,16 @@ class Plugin:
     def transaction(self) -> Any:
         return current_session.get().transaction
 
+    reactor: Any = None  # tests put their own reactor (or a Clock) here; None is the child's real one
+
+    def get_reactor(self) -> Any:
+        """The reactor this plugin's hooks run on (imported late: see the module docstring)."""
+        if self.reactor is None:
+            from twisted.internet import reactor
+
+            return reactor
+        return self.reactor
+
     @property
     def running_hook(self) -> str | None:
         return current_hook.get()
@@ -131,6 +141,10 @@ class Plugin:
             return  # a logging plugin's own lines would recurse
         self.qp.logger.log(self._adjust_level(level), " ".join(str(m) for m in message),
                            hook=current_hook.get(), plugin=self.name)
+
+    def log_enabled(self, level: int) -> bool:
+        """Would `log(level, ...)` be written? For messages that cost something to build."""
+        return self.qp.logger.enabled(self._adjust_level(level))
 
     def _adjust_level(self, level: int) -> int:
         setting = self.args.get("loglevel")

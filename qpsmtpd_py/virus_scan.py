@@ -88,7 +88,6 @@ class ScannerProcess(ProgramProcess):
 class ScannerPlugin(Plugin):
     """Base of the virus/* plugins: `setup_limits()` in register(), then `limited_scan()` in the hook."""
 
-    reactor = None  # tests put their own reactor here; None is the global one
     default_timeout = 60.0
     default_max_scans = 4
 

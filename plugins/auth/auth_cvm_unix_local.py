@@ -97,7 +97,6 @@ class CvmExchange(protocol.Protocol):
 
 
 class AuthCvmUnixLocal(Plugin):
-    reactor = None  # tests put their own reactor here; None is the global one
 
     def register(self, qp, *args):
         self.warn_unknown_arguments(("cvm_socket", "enable_smtp", "enable_ssmtp", "timeout", "loglevel"))
@@ -119,12 +118,6 @@ class AuthCvmUnixLocal(Plugin):
         self.register_hook("auth-plain", self.check)
         self.register_hook("auth-login", self.check)
 
-    def _reactor(self):
-        if self.reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self.reactor
 
     def enabled_here(self) -> bool:
         session = self.session
@@ -143,7 +136,7 @@ class AuthCvmUnixLocal(Plugin):
         except ValueError as exc:
             self.log(LOGINFO, f"fail: {exc}")
             return DENY, "authcvm - user name or password too long"
-        reactor = self._reactor()
+        reactor = self.get_reactor()
         exchange = CvmExchange(request)
         try:
             endpoint = endpoints.UNIXClientEndpoint(reactor, self.socket_path, timeout=self.timeout)

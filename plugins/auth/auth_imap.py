@@ -42,7 +42,6 @@ def quoted(text: str) -> str:
 
 
 class AuthImap(Plugin):
-    reactor = None  # tests put their own reactor here; None is the global one
 
     def register(self, qp, *args):
         positional = list(args)
@@ -68,12 +67,6 @@ class AuthImap(Plugin):
         self.register_hook("auth-plain", self.check)
         self.register_hook("auth-login", self.check)
 
-    def _reactor(self):
-        if self.reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self.reactor
 
     async def check(self, transaction, mechanism, user, clear, digest, ticket):
         if clear is None or _UNQUOTABLE.search(user + clear):
@@ -81,7 +74,7 @@ class AuthImap(Plugin):
             return DENY, "auth_imap - invalid user name or password"
         server = f"{self.host}:{self.port}"
         try:
-            status = await converse(self._reactor(), self.host, self.port, self.timeout,
+            status = await converse(self.get_reactor(), self.host, self.port, self.timeout,
                                     lambda client: self.login(client, user, clear))
         except ServerUnavailable as exc:
             self.log(LOGERROR, f"skip: IMAP server {exc}")

@@ -47,7 +47,6 @@ class DirectoryUnavailable(Exception):
 
 
 class AuthLdapBind(Plugin):
-    reactor = None  # tests put their own reactor here; None is the global one
 
     def register(self, qp, *args):
         settings = {}
@@ -75,19 +74,13 @@ class AuthLdapBind(Plugin):
         self.register_hook("auth-plain", self.check)
         self.register_hook("auth-login", self.check)
 
-    def _reactor(self):
-        if self.reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self.reactor
 
     async def check(self, transaction, mechanism, user, clear, digest, ticket):
         if not clear:
             self.log(LOGINFO, "fail: empty password")
             return DECLINED, "authldap - wrong username or password"
         name = user.lower().split("@")[0]
-        reactor = self._reactor()
+        reactor = self.get_reactor()
         try:
             # The library's own time-outs end the thread; this one stops the wait if they do not.
             verdict = await threads.deferToThreadPool(reactor, reactor.getThreadPool(), self.bind_as, name,

@@ -65,7 +65,6 @@ def parse_dsn(dsn: str) -> dict:
 
 
 class AuthVpopmailSql(Plugin):
-    reactor = None  # tests put their own reactor here; None is the global one
 
     def register(self, qp, *args):
         self.warn_unknown_arguments(("timeout", "loglevel"))
@@ -81,19 +80,13 @@ class AuthVpopmailSql(Plugin):
         self.register_hook("auth-login", self.check)
         self.register_hook("auth-cram-md5", self.check)
 
-    def _reactor(self):
-        if self.reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self.reactor
 
     async def check(self, transaction, mechanism, user, clear, digest, ticket):
         name, _, domain = user.lower().partition("@")
         if not domain:
             self.log(LOGINFO, f"skip: missing domain: {user.lower()}")
             return DECLINED
-        reactor = self._reactor()
+        reactor = self.get_reactor()
         try:
             row = await threads.deferToThreadPool(reactor, reactor.getThreadPool(), self.lookup, name,
                                                   domain).addTimeout(self.timeout * 3, reactor)

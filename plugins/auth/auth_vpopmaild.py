@@ -33,7 +33,6 @@ _UNSENDABLE = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
 class AuthVpopmaild(Plugin):
-    reactor = None  # tests put their own reactor here; None is the global one
 
     def register(self, qp, *args):
         self.warn_unknown_arguments(("host", "port", "timeout", "loglevel"))
@@ -46,19 +45,13 @@ class AuthVpopmaild(Plugin):
         self.register_hook("auth-plain", self.check)
         self.register_hook("auth-login", self.check)
 
-    def _reactor(self):
-        if self.reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self.reactor
 
     async def check(self, transaction, mechanism, user, clear, digest, ticket):
         if not clear or _UNSENDABLE.search(user + clear):
             self.log(LOGINFO, "skip: empty, or a space or control character in user name or password")
             return DECLINED, "auth_vpopmaild - invalid user name or password"
         try:
-            answer = await converse(self._reactor(), self.host, self.port, self.timeout,
+            answer = await converse(self.get_reactor(), self.host, self.port, self.timeout,
                                     lambda client: self.login(client, user, clear))
         except ServerUnavailable as exc:
             self.log(LOGERROR, f"skip: vpopmaild {exc}")

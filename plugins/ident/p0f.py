@@ -166,7 +166,6 @@ class Exchange(protocol.Protocol):
 
 
 class P0f(Plugin):
-    reactor = None  # tests put their own reactor here; None is the global one
 
     def register(self, qp, *args):
         if not args or args[0] in KNOWN_ARGUMENTS:
@@ -264,7 +263,7 @@ class P0f(Plugin):
 
     async def exchange(self, query: bytes, size: int) -> bytes:
         """p0f's answer to `query` (Deferred-based, never blocks); raises P0fUnavailable."""
-        reactor = self._reactor()
+        reactor = self.get_reactor()
         exchange = Exchange(query, size)
         endpoint = endpoints.UNIXClientEndpoint(reactor, self.socket_path, timeout=self.timeout)
         self.log(LOGDEBUG, f"asking p0f at {self.socket_path}")
@@ -276,9 +275,3 @@ class P0f(Plugin):
         except (error.ConnectError, OSError) as exc:
             raise P0fUnavailable(f"cannot reach p0f at {self.socket_path}: {exc}") from None
 
-    def _reactor(self):
-        if self.reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self.reactor

@@ -74,7 +74,6 @@ def bsmtp_answer(status, output):
 
 
 class EximBSMTP(Plugin):
-    reactor = None  # tests put their own reactor here; None is the global one
 
     def register(self, qp, *args):
         if len(args) % 2:
@@ -94,12 +93,6 @@ class EximBSMTP(Plugin):
                                "(messages get 451 meanwhile)")
         self.exim_path = path
 
-    def _reactor(self):
-        if self.reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self.reactor
 
     def hook_queue(self, transaction):
         def address(a):
@@ -109,11 +102,11 @@ class EximBSMTP(Plugin):
         envelope += b"MAIL FROM:<" + address(transaction.sender) + b">\n"
         envelope += b"".join(b"RCPT TO:<" + address(r) + b">\n" for r in transaction.recipients)
         envelope += b"DATA\n"
-        child = BSMTPProcess(self, transaction, envelope, self._reactor())
+        child = BSMTPProcess(self, transaction, envelope, self.get_reactor())
         command = [self.exim_path, "-bS"]
         self.log(LOGDEBUG, f"executing {' '.join(command)}")
         try:
-            child.start(self._reactor(), command, {0: "w", 1: "r", 2: "r"})
+            child.start(self.get_reactor(), command, {0: "w", 1: "r", 2: "r"})
         except OSError as exc:
             self.log(LOGERROR, f"Could not execute {self.exim_path}: {exc.strerror}")
             return DECLINED, "Internal error enqueuing mail"

@@ -120,7 +120,6 @@ class Delivery:
 # -- the plugin -----------------------------------------------------------------------------
 
 class LMTP(Plugin):
-    reactor = None  # tests put their own reactor here; None is the global one
 
     def register(self, qp, *args):
         if not args:
@@ -148,18 +147,12 @@ class LMTP(Plugin):
             return self.server[1]
         return host_port(*self.server[1:])
 
-    def _reactor(self):
-        if self.reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self.reactor
 
     # -- the queue hook ------------------------------------------------------------------------
     def hook_queue(self, transaction):
         delivery = Delivery()
         d = defer.ensureDeferred(self._deliver(transaction, delivery))
-        d.addTimeout(self.timeout, self._reactor())
+        d.addTimeout(self.timeout, self.get_reactor())
 
         def failed(failure):
             failure.trap(defer.TimeoutError, Lost)
@@ -191,12 +184,12 @@ class LMTP(Plugin):
         except Answer as answer:
             if not client.closed:
                 client.command("RSET").addErrback(lambda _: None)
-            client.quit(self._reactor())
+            client.quit(self.get_reactor())
             return answer.code, answer.text
         except BaseException:
             client.abort()
             raise
-        client.quit(self._reactor())
+        client.quit(self.get_reactor())
         return self._outcome(delivery)
 
     def _outcome(self, delivery, lost=None):
@@ -228,7 +221,7 @@ class LMTP(Plugin):
         """Connect, greeting, LHLO: the client with its `extensions`, or Answer (451)."""
         from twisted.internet import endpoints
 
-        reactor = self._reactor()
+        reactor = self.get_reactor()
         self.log(LOGINFO, f"delivering to {self.server_name}")
         if self.server[0] == "unix":
             endpoint = endpoints.UNIXClientEndpoint(reactor, self.server[1], timeout=self.connect_timeout)

@@ -279,7 +279,6 @@ class CleanupProtocol(protocol.Protocol):
 
 
 class PostfixQueue(Plugin):
-    reactor = None  # tests put their own reactor here; None is the global one
 
     def register(self, qp, *args):
         args = list(args)
@@ -311,12 +310,6 @@ class PostfixQueue(Plugin):
         self.flags = parse_flags(args, lambda text: self.log(LOGWARN, text))
         self.env_socket = os.environ.get("POSTFIXQUEUE") or None
 
-    def _reactor(self):
-        if self.reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self.reactor
 
     def services(self):
         """The cleanup services to try, in order (qpsmtpd's precedence)."""
@@ -328,7 +321,7 @@ class PostfixQueue(Plugin):
     def hook_queue(self, transaction):
         transaction.notes["postfix-queue-flags"] = self.flags
         d = defer.ensureDeferred(self._queue(transaction))
-        d.addTimeout(self.timeout, self._reactor())
+        d.addTimeout(self.timeout, self.get_reactor())
 
         def timed_out(failure):
             failure.trap(defer.TimeoutError, defer.CancelledError)
@@ -365,7 +358,7 @@ class PostfixQueue(Plugin):
         target = parse_service(service)
         if target is None:
             raise Failed("neither a socket path starting with / nor host:port")
-        reactor = self._reactor()
+        reactor = self.get_reactor()
         factory = protocol.ClientFactory.forProtocol(CleanupProtocol)
         connected = defer.Deferred()
         factory.clientConnectionFailed = lambda _, reason: connected.errback(reason)

@@ -54,7 +54,6 @@ def exit_answer(status):
 
 
 class QmailQueue(Plugin):
-    reactor = None  # tests put their own reactor here; None is the global one
 
     def register(self, qp, *args):
         args = list(args)
@@ -74,21 +73,15 @@ class QmailQueue(Plugin):
             self.log(LOGWARN, f"{path} is not an executable file (yet): messages will get 451")
         self.queue_exec = path
 
-    def _reactor(self):
-        if self.reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self.reactor
 
     def hook_queue(self, transaction):
         self.log(LOGINFO, f"Queuing to {self.queue_exec}")
         envelope = b"F" + transaction.sender.address().encode("utf-8", "surrogateescape") + b"\0"
         envelope += b"".join(b"T" + r.address().encode("utf-8", "surrogateescape") + b"\0"
                              for r in transaction.recipients) + b"\0"
-        child = QueueProcess(self, transaction, envelope, self._reactor())
+        child = QueueProcess(self, transaction, envelope, self.get_reactor())
         try:
-            process = child.start(self._reactor(), [self.queue_exec], {0: "w", 1: "w", 2: "r"})
+            process = child.start(self.get_reactor(), [self.queue_exec], {0: "w", 1: "w", 2: "r"})
         except OSError as exc:
             self.log(LOGERROR, f"cannot run {self.queue_exec}: {exc.strerror}")
             return DECLINED, f"Unable to queue message ({exc.strerror})"

@@ -295,7 +295,6 @@ class Downstream:
 # -- the plugin -----------------------------------------------------------------------------
 
 class SMTPForward(Plugin):
-    reactor = None  # tests put their own reactor here; None is the global one
 
     def register(self, qp, *args):
         if not args:
@@ -350,12 +349,6 @@ class SMTPForward(Plugin):
             self.register_hook("rcpt", "check_recipient")
             self.register_hook("reset_transaction", "drop_probe")
 
-    def _reactor(self):
-        if self.reactor is None:
-            from twisted.internet import reactor
-
-            return reactor
-        return self.reactor
 
     # -- the queue hook ------------------------------------------------------------------------
     def hook_queue(self, transaction):
@@ -363,7 +356,7 @@ class SMTPForward(Plugin):
         return self._bounded(d, (DECLINED, f"Unable to queue message (no answer within {self.timeout:g} s)"))
 
     def _bounded(self, d, on_timeout):
-        d.addTimeout(self.timeout, self._reactor())
+        d.addTimeout(self.timeout, self.get_reactor())
 
         def timed_out(failure):
             failure.trap(defer.TimeoutError)
@@ -437,7 +430,7 @@ class SMTPForward(Plugin):
                 raise HostFailed(str(exc)) from exc
             self._check(reply, "end of data", retry=False)
         except Answer:
-            client.quit(self._reactor())
+            client.quit(self.get_reactor())
             raise
         except BaseException:
             client.abort()
@@ -457,15 +450,15 @@ class SMTPForward(Plugin):
         downstream.mail_done = False
         downstream.accepted, downstream.refused = [], []
         if not self.keepalive or self.xclient or downstream.client.closed or len(self._idle) >= _MAX_IDLE:
-            downstream.client.quit(self._reactor())
+            downstream.client.quit(self.get_reactor())
             return
-        downstream.idle_timer = self._reactor().callLater(self.keepalive, self._expire, downstream)
+        downstream.idle_timer = self.get_reactor().callLater(self.keepalive, self._expire, downstream)
         self._idle.append(downstream)
 
     def _expire(self, downstream):
         if downstream in self._idle:
             self._idle.remove(downstream)
-        downstream.client.quit(self._reactor())
+        downstream.client.quit(self.get_reactor())
 
     def _take_idle(self):
         """The most recently kept session that is still open, or None."""
@@ -546,7 +539,7 @@ class SMTPForward(Plugin):
     # -- opening a session ---------------------------------------------------------------------
     async def _open(self, host, port):
         """Connect, greet, EHLO, STARTTLS, XCLIENT: a Downstream, or HostFailed."""
-        reactor = self._reactor()
+        reactor = self.get_reactor()
         self.log(LOGINFO, f"forwarding to {host_port(host, port)}")
         endpoint = tcp_endpoint(reactor, host, port, self.connect_timeout)
         try:
@@ -563,7 +556,7 @@ class SMTPForward(Plugin):
             raise
 
     async def _greet(self, client, host, port):
-        await client.greeted(self._reactor(), self.connect_timeout)
+        await client.greeted(self.get_reactor(), self.connect_timeout)
         me = self.helo or self.qp.config("me") or "localhost"
         extensions = await self._ehlo(client, me)
         if self.tls != "no":
@@ -677,7 +670,7 @@ class SMTPForward(Plugin):
                 idle.client.abort()
                 self.log(LOGINFO, f"kept connection to {idle.name} failed ({exc}): opening a new one")
             except Answer:
-                idle.client.quit(self._reactor())
+                idle.client.quit(self.get_reactor())
                 raise
             except BaseException:
                 idle.client.abort()
@@ -696,7 +689,7 @@ class SMTPForward(Plugin):
                 self._host_failed(failures, downstream.name, exc)
                 continue
             except Answer:
-                downstream.client.quit(self._reactor())
+                downstream.client.quit(self.get_reactor())
                 raise
             except BaseException:
                 downstream.client.abort()
@@ -707,5 +700,5 @@ class SMTPForward(Plugin):
     def drop_probe(self, transaction):
         probe = self._probes.pop(transaction, None)
         if probe is not None:
-            probe.client.quit(self._reactor())
+            probe.client.quit(self.get_reactor())
         return DECLINED
