@@ -76,11 +76,6 @@ class CheckpasswordAuth(Plugin):
     true_program = ""
     timeout = DEFAULT_TIMEOUT
 
-    def register_auth_hooks(self) -> None:
-        # Only clear-text mechanisms: the program gets the password, never a CRAM-MD5 digest.
-        self.register_hook("auth-plain", self.check)
-        self.register_hook("auth-login", self.check)
-
 
     async def check(self, transaction, mechanism, user, clear, digest, ticket):
         data = credentials(user, clear or "")

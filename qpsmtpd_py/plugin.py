@@ -71,6 +71,23 @@ class PluginError(Exception):
     """A plugin cannot start: bad argument, missing file, ... (message says what to do)."""
 
 
+_HOST = re.compile(r"^[-.\w:]+$")
+
+
+def host_argument(name: str, value: str) -> str:
+    """A host name or an IP address (nothing a connect call would misread), or PluginError naming `name`."""
+    if not _HOST.match(value):
+        raise PluginError(f"{name} must be a host name or an address, not {value!r}")
+    return value
+
+
+def port_argument(name: str, value: str) -> int:
+    """A TCP port number 1-65535, or PluginError naming `name`."""
+    if not (value.isdigit() and 0 < int(value) < 65536):
+        raise PluginError(f"{name} must be a number 1-65535, not {value!r}")
+    return int(value)
+
+
 class Plugin:
     """Base class of every plugin."""
 
@@ -107,6 +124,11 @@ class Plugin:
         """Register `method` (a name or a callable) for `hook`; unshift runs it first."""
         function = getattr(self, method) if isinstance(method, str) else method
         self.qp.hooks.register(hook, self, function, unshift)
+
+    def register_auth_hooks(self, *mechanisms: str) -> None:
+        """An AUTH plugin's `check` for each mechanism: `plain`, `login` (the default) or `cram-md5`."""
+        for mechanism in mechanisms or ("plain", "login"):
+            self.register_hook(f"auth-{mechanism}", self.check)
 
     # -- the current session ---------------------------------------------------------
     @property

@@ -25,7 +25,7 @@ from typing import Any
 
 from twisted.internet import defer, threads
 
-from .constants import DECLINED, DENYSOFT, LOGDEBUG, LOGERROR, LOGINFO, LOGWARN
+from .constants import DECLINED, DENY, DENYSOFT, LOGDEBUG, LOGERROR, LOGINFO, LOGWARN
 from .plugin import Plugin, PluginError
 from .spawn import ProgramProcess
 
@@ -149,6 +149,25 @@ class ScannerPlugin(Plugin):
             self.log(LOGINFO, f"skip, too big to scan ({transaction.data_size} > {max_bytes} bytes)")
             return True
         return False
+
+    def not_to_scan(self, transaction: Any, max_bytes: int, multipart_only: bool = True,
+                    level: int = LOGINFO) -> bool:
+        """The message is too big or (with `multipart_only`) carries no attachments: logged, not scanned."""
+        if self.too_big(transaction, max_bytes):
+            return True
+        if multipart_only and not is_multipart(transaction.header):
+            self.log(level, "skip, not multipart")
+            return True
+        return False
+
+    def virus_answer(self, transaction: Any, details: str, deny: bool, message: str,
+                     at_top: bool = False) -> int | tuple[int, str]:
+        """The hook's answer for a virus: noted for later plugins, then DENY `message`, or the X-Virus headers."""
+        note_virus(transaction, details)
+        if deny:
+            return DENY, message
+        add_virus_headers(transaction, details, at_top=at_top)
+        return DECLINED
 
     async def message_file(self, transaction: Any) -> Path:
         """A temp file holding the whole message, removed with the transaction."""

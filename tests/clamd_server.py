@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import tempfile
-import time
 from pathlib import Path
+
+from server_process import free_port, greets, private_directory, read_log, stop_process, wait_until_ready
 
 CLAMD = shutil.which("clamd") or "/usr/sbin/clamd"
 CLAMSCAN = shutil.which("clamscan") or "/usr/bin/clamscan"
@@ -35,19 +33,11 @@ def write_database(directory: Path) -> Path:
     return directory
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class ClamdServer:
     """clamd with its own config, database, socket and port; `start()`, then `stop()`."""
 
     def __init__(self) -> None:
-        # Short: unix socket paths are limited to about 100 bytes.
-        self.base = Path(tempfile.mkdtemp(prefix="clamd-"))
-        self.base.chmod(0o755)
+        self.base = private_directory("clamd-", 0o755)
         self.socket_path = self.base / "clamd.sock"
         self.port = free_port()
         self.database = write_database(self.base / "db")
@@ -60,31 +50,13 @@ class ClamdServer:
                           f"LogFile {self.base / 'clamd.log'}\nStreamMaxLength 4M\n")
         self.process = subprocess.Popen([CLAMD, "-c", str(config)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while not self._answers():
-            assert self.process.poll() is None, f"clamd exited: {self.log()}"
-            assert time.monotonic() < deadline, f"clamd did not start: {self.log()}"
-            time.sleep(0.05)
+        wait_until_ready(self.process, lambda: greets(self.port, b"PONG", send=b"zPING\0"), "clamd", timeout,
+                         self.log)
         return self
 
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(b"zPING\0")
-                return sock.recv(16).startswith(b"PONG")
-        except OSError:
-            return False
-
     def log(self) -> str:
-        path = self.base / "clamd.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return read_log(self.base / "clamd.log")
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         shutil.rmtree(self.base, ignore_errors=True)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from server_process import stop_process, wait_until_ready
 
 CVM_PWFILE = shutil.which("cvm-pwfile") or "/usr/bin/cvm-pwfile"
 AVAILABLE = os.access(CVM_PWFILE, os.X_OK)
@@ -30,15 +30,7 @@ def cvm_pwfile(directory: Path, users: dict[str, str]) -> Iterator[Path]:
     process = subprocess.Popen([CVM_PWFILE, f"cvm-local:{socket_path}"], env={"CVM_PWFILE_PATH": str(passwd)},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while not socket_path.exists():
-            assert process.poll() is None and time.monotonic() < deadline, "cvm-pwfile did not start"
-            time.sleep(0.02)
+        wait_until_ready(process, socket_path.exists, "cvm-pwfile", interval=0.02)
         yield socket_path
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)

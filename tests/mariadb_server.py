@@ -12,13 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from server_process import accepts, free_port, private_directory, read_log, stop_process, wait_until_ready
 
 MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
 INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
@@ -29,12 +27,6 @@ TABLE = """CREATE TABLE vpopmail (
   pw_name char(32) NOT NULL, pw_domain char(96) NOT NULL, pw_passwd char(128), pw_uid int, pw_gid int,
   pw_gecos char(48), pw_dir char(160), pw_shell char(20), pw_clear_passwd char(128),
   PRIMARY KEY (pw_name, pw_domain))"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class MariaDB:
@@ -55,7 +47,7 @@ class MariaDB:
 
 @contextlib.contextmanager
 def mariadb_server() -> Iterator[MariaDB]:
-    directory = Path(tempfile.mkdtemp(prefix="mariadb-"))
+    directory = private_directory("mariadb-")
     data, socket_path = directory / "data", directory / "mysqld.sock"
     user = ["--user=root"] if os.geteuid() == 0 else []
     subprocess.run([INSTALL_DB, "--no-defaults", f"--datadir={data}", "--auth-root-authentication-method=normal",
@@ -66,16 +58,8 @@ def mariadb_server() -> Iterator[MariaDB]:
                                 f"--log-error={directory}/error.log", "--skip-log-bin", *user],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                if socket_path.exists():
-                    break
-            except OSError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "mariadbd did not start"
-            time.sleep(0.1)
+        wait_until_ready(process, lambda: accepts(port) and socket_path.exists(), "mariadbd", 60,
+                         lambda: read_log(directory / "error.log"), interval=0.1)
         server = MariaDB(port, socket_path)
         with server.root() as connection, connection.cursor() as cursor:
             cursor.execute("CREATE DATABASE vpopmail")
@@ -85,10 +69,5 @@ def mariadb_server() -> Iterator[MariaDB]:
             cursor.execute(f"GRANT SELECT ON vpopmail.vpopmail TO '{DB_USER}'@'127.0.0.1'")
         yield server
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 30)
         shutil.rmtree(directory, ignore_errors=True)

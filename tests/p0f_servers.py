@@ -13,14 +13,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-import signal
 import socket
 import struct
 import subprocess
-import tempfile
 import threading
-import time
 from pathlib import Path
+
+from server_process import private_directory, read_log, stop_process, wait_until_ready
 
 P0F = shutil.which("p0f") or "/usr/sbin/p0f"
 FINGERPRINTS = Path("/etc/p0f/p0f.fp")
@@ -79,7 +78,7 @@ class RealP0f:
     """`p0f -i lo -s <dir>/p0f.sock` in the foreground, for as long as the `with` block."""
 
     def __init__(self) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix="p0f-"))  # short: unix socket paths have a limit
+        self.directory = private_directory("p0f-")
         self.socket = self.directory / "p0f.sock"
         self.log = self.directory / "p0f.log"
         self.process: subprocess.Popen | None = None
@@ -88,12 +87,11 @@ class RealP0f:
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen([P0F, "-i", "lo", "-s", str(self.socket), "-f", str(FINGERPRINTS),
                                              "tcp"], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while not self.socket.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError(f"p0f did not start: {self.log.read_text(errors='replace')[-500:]}")
-            time.sleep(0.05)
+        try:
+            wait_until_ready(self.process, self.socket.exists, "p0f", log=lambda: read_log(self.log))
+        except RuntimeError:
+            self.__exit__()
+            raise
         return self
 
     def knows(self, ip: str) -> bool:
@@ -101,13 +99,7 @@ class RealP0f:
         return v3_ask(self.socket, ip)[0] == V3_OK
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 

@@ -8,12 +8,12 @@ on it. The rest drives an SMTP session through the plugins on that reactor.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 
 import pytest
 from harness import SessionDriver, make_qp
+from server_process import free_port  # noqa: F401  (the tests import it from here)
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
@@ -117,12 +117,6 @@ def _capture(qp, entry):
 
     qp.logger.log = log
     return lines
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> None:

@@ -7,22 +7,14 @@ the test and stops it afterwards; `start_redis()` does the same for scripts.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from server_process import free_port, greets, private_directory, read_log, stop_process, wait_until_ready
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -36,35 +28,24 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def start_redis() -> RedisServer:
-    directory = Path(tempfile.mkdtemp(prefix="redis-test-"))
+    directory = private_directory("redis-test-")
     port = free_port()
     process = subprocess.Popen(
         [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(directory), "--logfile", str(directory / "redis.log")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(64).startswith(b"+PONG"):
-                    return RedisServer(process, port, directory)
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"redis-server did not start: {(directory / 'redis.log').read_text()[-500:]}")
-        time.sleep(0.05)
+    try:
+        wait_until_ready(process, lambda: greets(port, b"+PONG", send=b"PING\r\n"), "redis-server",
+                         log=lambda: read_log(directory / "redis.log"))
+    except RuntimeError:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return RedisServer(process, port, directory)
 
 
 def redis_available() -> bool:

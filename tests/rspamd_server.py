@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import tempfile
-import time
 from pathlib import Path
+
+from server_process import accepts, free_port, private_directory, read_log, stop_process, wait_until_ready
 
 RSPAMD = shutil.which("rspamd") or "/usr/bin/rspamd"
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -31,18 +29,11 @@ def rspamd_available() -> bool:
     return os.access(RSPAMD, os.X_OK) and Path("/etc/rspamd/common.conf").exists()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class RspamdServer:
     """rspamd with its own config and ports; `start()`, then `stop()`."""
 
     def __init__(self) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="rspamd-"))  # short: unix socket paths are limited
-        self.base.chmod(0o777)  # rspamd's workers run as nobody when the tests run as root
+        self.base = private_directory("rspamd-", 0o777)  # rspamd's workers run as nobody when the tests run as root
         self.port = free_port()
         self.milter_port = free_port()
         self.socket_path = self.base / "normal.sock"
@@ -100,33 +91,18 @@ worker "rspamd_proxy" {{
                      for arg in ("--var", f"{name}={value}")]
         self.process = subprocess.Popen([RSPAMD, "-f", "-c", str(config), *user, *variables],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while not (self._listening(self.port) and self._listening(self.milter_port) and self.socket_path.exists()):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                log = self.log()
-                self.stop()
-                raise AssertionError(f"rspamd did not start:\n{log[-3000:]}")
-            time.sleep(0.1)
+        try:
+            wait_until_ready(self.process, lambda: (accepts(self.port) and accepts(self.milter_port)
+                                                    and self.socket_path.exists()), "rspamd", timeout, self.log,
+                             interval=0.1)
+        except RuntimeError:
+            self.stop()
+            raise
         return self
 
-    @staticmethod
-    def _listening(port: int) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
     def log(self) -> str:
-        path = self.base / "rspamd.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return read_log(self.base / "rspamd.log")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 15)
         shutil.rmtree(self.base, ignore_errors=True)

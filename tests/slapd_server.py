@@ -11,24 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
+
+from server_process import accepts, free_port, private_directory, stop_process, wait_until_ready
 
 SLAPD = shutil.which("slapd") or "/usr/sbin/slapd"
 SLAPADD = shutil.which("slapadd") or "/usr/sbin/slapadd"
 AVAILABLE = os.access(SLAPD, os.X_OK) and os.access(SLAPADD, os.X_OK)
 BASE = "dc=example,dc=com"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ldif(users: dict[str, str]) -> str:
@@ -41,7 +32,7 @@ def ldif(users: dict[str, str]) -> str:
 
 @contextlib.contextmanager
 def slapd_server(users: dict[str, str]) -> Iterator[int]:
-    directory = Path(tempfile.mkdtemp(prefix="slapd-"))
+    directory = private_directory("slapd-")
     (directory / "db").mkdir()
     schema = "\n".join(f"include /etc/ldap/schema/{name}.schema" for name in ("core", "cosine", "inetorgperson"))
     (directory / "slapd.conf").write_text(f"""{schema}
@@ -64,20 +55,8 @@ access to * by * read
                                 "-h", f"ldap://127.0.0.1:{port}/"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, "slapd did not start"
-                time.sleep(0.05)
+        wait_until_ready(process, lambda: accepts(port), "slapd")
         yield port
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         shutil.rmtree(directory, ignore_errors=True)

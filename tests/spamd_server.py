@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import tempfile
-import time
-from pathlib import Path
+
+from server_process import accepts, free_port, private_directory, read_log, stop_process, wait_until_ready
 
 SPAMD = shutil.which("spamd") or "/usr/sbin/spamd"
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -27,19 +24,11 @@ def spamd_available() -> bool:
     return os.access(SPAMD, os.X_OK)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class SpamdServer:
     """spamd with its own config, socket and port: `start()`, then `stop()`."""
 
     def __init__(self) -> None:
-        # Short: unix socket paths are limited to about 100 bytes.
-        self.base = Path(tempfile.mkdtemp(prefix="spamd-"))
-        self.base.chmod(0o755)  # spamd's children run as nobody
+        self.base = private_directory("spamd-", 0o755)  # spamd's children run as nobody
         self.socket_path = self.base / "spamd.sock"
         self.port = free_port()
         self.log_path = self.base / "spamd.log"
@@ -62,34 +51,13 @@ class SpamdServer:
         log = open(self.log_path, "ab")  # noqa: SIM115  (the process keeps it)
         self.process = subprocess.Popen(command, stdout=log, stderr=log, cwd=self.base)
         log.close()
-        deadline = time.monotonic() + timeout
-        while not self._ready():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"spamd exited with {self.process.returncode}: {self.log()[-2000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"spamd did not start within {timeout}s: {self.log()[-2000:]}")
-            time.sleep(0.05)
+        wait_until_ready(self.process, lambda: self.socket_path.exists() and accepts(self.port), "spamd", timeout,
+                         self.log)
         return self
 
-    def _ready(self) -> bool:
-        if not self.socket_path.exists():
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)  # spamd stops its children too
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 20)  # SIGTERM: spamd stops its children too
         shutil.rmtree(self.base, ignore_errors=True)

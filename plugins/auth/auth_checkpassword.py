@@ -51,4 +51,4 @@ class AuthCheckpassword(CheckpasswordAuth):
         self.checkpassword = executable(checkpw, "checkpw")
         self.true_program = executable(true_program, "true")
         self.timeout = self.seconds_argument("timeout", self.timeout, non_positive="error")
-        self.register_auth_hooks()
+        self.register_auth_hooks()  # clear text only: the program gets the password, never a CRAM-MD5 digest

@@ -115,8 +115,7 @@ class AuthCvmUnixLocal(Plugin):
         except FileNotFoundError:
             self.log(LOGWARN, f"cvm_socket {self.socket_path} does not exist (yet): AUTH will get 454")
         self.timeout = self.seconds_argument("timeout", 10.0, non_positive="error")
-        self.register_hook("auth-plain", self.check)
-        self.register_hook("auth-login", self.check)
+        self.register_auth_hooks()
 
 
     def enabled_here(self) -> bool:

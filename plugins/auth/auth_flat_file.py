@@ -20,9 +20,7 @@ from qpsmtpd_py.plugin import Plugin
 
 class AuthFlatFile(Plugin):
     def register(self, qp, *args):
-        self.register_hook("auth-plain", self.check)
-        self.register_hook("auth-login", self.check)
-        self.register_hook("auth-cram-md5", self.check)
+        self.register_auth_hooks("plain", "login", "cram-md5")
 
     def stored_password(self, user):
         for line in self.qp.config_list("flat_auth_pw"):

@@ -30,9 +30,8 @@ import re
 
 from qpsmtpd_py.constants import DENY, DENYSOFT, LOGERROR, LOGINFO, LOGWARN, OK
 from qpsmtpd_py.line_client import ServerUnavailable, converse
-from qpsmtpd_py.plugin import Plugin, PluginError
+from qpsmtpd_py.plugin import Plugin, host_argument, port_argument
 
-_HOST = re.compile(r"^[-.\w:]+$")
 _UNQUOTABLE = re.compile(r"[\r\n\0]")
 
 
@@ -55,17 +54,11 @@ class AuthImap(Plugin):
             del positional[at:at + 2]
         if len(positional) > 2:
             self.log(LOGWARN, "Ignoring additional arguments.")
-        self.host = positional[0] if positional else "127.0.0.1"
-        if not _HOST.match(self.host):
-            raise PluginError(f"bad IMAP server {self.host!r}: give a host name or an address")
-        port = positional[1] if len(positional) > 1 else "143"
-        if not (port.isdigit() and 0 < int(port) < 65536):
-            raise PluginError(f"the IMAP port must be a number 1-65535, not {port!r}")
-        self.port = int(port)
+        self.host = host_argument("the IMAP server", positional[0] if positional else "127.0.0.1")
+        self.port = port_argument("the IMAP port", positional[1] if len(positional) > 1 else "143")
         self.args = {**self.args, "timeout": timeout} if timeout else self.args
         self.timeout = self.seconds_argument("timeout", 10.0, non_positive="error")
-        self.register_hook("auth-plain", self.check)
-        self.register_hook("auth-login", self.check)
+        self.register_auth_hooks()
 
 
     async def check(self, transaction, mechanism, user, clear, digest, ticket):

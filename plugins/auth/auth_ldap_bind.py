@@ -34,10 +34,9 @@ import re
 from twisted.internet import defer, threads
 
 from qpsmtpd_py.constants import DECLINED, DENYSOFT, LOGERROR, LOGINFO, OK
-from qpsmtpd_py.plugin import Plugin, PluginError
+from qpsmtpd_py.plugin import Plugin, PluginError, host_argument, port_argument
 
 SETTINGS = ("ldap_host", "ldap_port", "ldap_base", "ldap_timeout", "ldap_auth_filter_attr")
-_HOST = re.compile(r"^[-.\w:]+$")
 _ATTRIBUTE = re.compile(r"^[A-Za-z][-A-Za-z0-9;]*$")
 INVALID_CREDENTIALS = "invalidCredentials"
 
@@ -59,20 +58,14 @@ class AuthLdapBind(Plugin):
         if not self.base:
             raise PluginError("ldap_base is required: add `ldap_base dc=example,dc=com` to config/ldap "
                               "or to the plugin's arguments")
-        self.host = settings.get("ldap_host") or "127.0.0.1"
-        if not _HOST.match(self.host):
-            raise PluginError(f"ldap_host must be a host name or an address, not {self.host!r}")
-        port = settings.get("ldap_port") or "389"
-        if not (port.isdigit() and 0 < int(port) < 65536):
-            raise PluginError(f"ldap_port must be a number 1-65535, not {port!r}")
-        self.port = int(port)
+        self.host = host_argument("ldap_host", settings.get("ldap_host") or "127.0.0.1")
+        self.port = port_argument("ldap_port", settings.get("ldap_port") or "389")
         self.attribute = settings.get("ldap_auth_filter_attr") or "uid"
         if not _ATTRIBUTE.match(self.attribute):
             raise PluginError(f"ldap_auth_filter_attr must be an attribute name, not {self.attribute!r}")
         self.args = {**self.args, "ldap_timeout": settings.get("ldap_timeout") or "5"}
         self.timeout = self.seconds_argument("ldap_timeout", 5.0, non_positive="error")
-        self.register_hook("auth-plain", self.check)
-        self.register_hook("auth-login", self.check)
+        self.register_auth_hooks()
 
 
     async def check(self, transaction, mechanism, user, clear, digest, ticket):

@@ -48,4 +48,4 @@ class AuthVpopmail(CheckpasswordAuth):
         self.checkpassword = executable(self.args.get("vchkpw") or default_vchkpw(), "vchkpw")
         self.true_program = executable(self.args.get("true") or "/bin/true", "true")
         self.timeout = self.seconds_argument("timeout", self.timeout, non_positive="error")
-        self.register_auth_hooks()
+        self.register_auth_hooks()  # clear text only: the program gets the password, never a CRAM-MD5 digest

@@ -76,9 +76,7 @@ class AuthVpopmailSql(Plugin):
         self.connect_args["user"] = qp.config("vpopmail_mysql_user") or "vpopmailuser"
         self.connect_args["password"] = qp.config("vpopmail_mysql_pass") or "vpoppasswd"
         self.timeout = self.seconds_argument("timeout", 5.0, non_positive="error")
-        self.register_hook("auth-plain", self.check)
-        self.register_hook("auth-login", self.check)
-        self.register_hook("auth-cram-md5", self.check)
+        self.register_auth_hooks("plain", "login", "cram-md5")
 
 
     async def check(self, transaction, mechanism, user, clear, digest, ticket):

@@ -27,7 +27,7 @@ import re
 
 from qpsmtpd_py.constants import DECLINED, DENYSOFT, LOGERROR, LOGINFO, LOGNOTICE, OK
 from qpsmtpd_py.line_client import ServerUnavailable, converse
-from qpsmtpd_py.plugin import Plugin, PluginError
+from qpsmtpd_py.plugin import Plugin, port_argument
 
 _UNSENDABLE = re.compile(r"[\s\x00-\x1f\x7f]")
 
@@ -37,13 +37,9 @@ class AuthVpopmaild(Plugin):
     def register(self, qp, *args):
         self.warn_unknown_arguments(("host", "port", "timeout", "loglevel"))
         self.host = self.args.get("host") or "localhost"
-        port = self.args.get("port") or "89"
-        if not (port.isdigit() and 0 < int(port) < 65536):
-            raise PluginError(f"port must be a TCP port number (1-65535), not {port!r}")
-        self.port = int(port)
+        self.port = port_argument("port", self.args.get("port") or "89")
         self.timeout = self.seconds_argument("timeout", 10.0, non_positive="error")
-        self.register_hook("auth-plain", self.check)
-        self.register_hook("auth-login", self.check)
+        self.register_auth_hooks()
 
 
     async def check(self, transaction, mechanism, user, clear, digest, ticket):

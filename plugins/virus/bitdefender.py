@@ -32,17 +32,8 @@ infected message; we add the X-Virus headers the other scanner plugins add.
 
 import re
 
-from qpsmtpd_py.constants import DECLINED, DENY, LOGINFO
-from qpsmtpd_py.virus_scan import (
-    ScanError,
-    ScannerPlugin,
-    add_virus_headers,
-    is_multipart,
-    is_yes,
-    note_virus,
-    program_path,
-    size_argument,
-)
+from qpsmtpd_py.constants import DECLINED, LOGINFO
+from qpsmtpd_py.virus_scan import ScanError, ScannerPlugin, is_yes, program_path, size_argument
 
 _INFECTED = re.compile(r"infected: (.+)$", re.MULTILINE)
 
@@ -56,10 +47,7 @@ class BitDefender(ScannerPlugin):
         self.max_bytes = size_argument("max_size", values.get("max_size"), 128) * 1024
 
     async def hook_data_post(self, transaction):
-        if self.too_big(transaction, self.max_bytes):
-            return DECLINED
-        if not is_multipart(transaction.header):
-            self.log(LOGINFO, "skip, not multipart")
+        if self.not_to_scan(transaction, self.max_bytes):
             return DECLINED
         try:
             status, output = await self.limited_scan(lambda: self.scan(transaction))
@@ -72,11 +60,7 @@ class BitDefender(ScannerPlugin):
             return DECLINED
         virus = found.group(1).strip()
         self.log(LOGINFO, f"virus found: {virus}")
-        note_virus(transaction, virus)
-        if self.deny_viruses:
-            return DENY, f"Virus Found: {virus}"
-        add_virus_headers(transaction, virus, at_top=False)
-        return DECLINED
+        return self.virus_answer(transaction, virus, self.deny_viruses, f"Virus Found: {virus}")
 
     async def scan(self, transaction):
         path = await self.message_file(transaction)

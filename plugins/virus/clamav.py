@@ -41,13 +41,11 @@ without a text. We add database=, timeout= and max_scans=.
 
 import re
 
-from qpsmtpd_py.constants import DECLINED, DENY, LOGINFO, LOGWARN
+from qpsmtpd_py.constants import DECLINED, LOGINFO, LOGWARN
 from qpsmtpd_py.plugin import PluginError
 from qpsmtpd_py.virus_scan import (
     ScanError,
     ScannerPlugin,
-    add_virus_headers,
-    note_virus,
     program_path,
     size_argument,
 )
@@ -113,12 +111,9 @@ class ClamAV(ScannerPlugin):
             return self.scan_failed(f"{self.clamscan} failed ({status}): {output.strip()[:200]}")
         found = " ".join(line.rsplit(" ", 2)[-2] for line in output.splitlines() if line.endswith(" FOUND"))
         self.log(LOGWARN, f"virus(es) found: {found}")
-        note_virus(transaction, found)
-        if self.action == "reject":
-            return DENY, f"Virus Found: {found}"
-        add_virus_headers(transaction, found, at_top=False)
-        self.log(LOGINFO, "message passes with X-Virus-Found (action=add-header)")
-        return DECLINED
+        if self.action != "reject":
+            self.log(LOGINFO, "message passes with X-Virus-Found (action=add-header)")
+        return self.virus_answer(transaction, found, self.action == "reject", f"Virus Found: {found}")
 
     async def scan(self, transaction):
         path = await self.message_file(transaction)

@@ -46,16 +46,13 @@ import time
 
 from twisted.internet import defer, endpoints, protocol
 
-from qpsmtpd_py.constants import DECLINED, DENY, LOGINFO, LOGNOTICE
+from qpsmtpd_py.constants import DECLINED, LOGINFO, LOGNOTICE
 from qpsmtpd_py.mail_client import tcp_endpoint
-from qpsmtpd_py.plugin import PluginError
+from qpsmtpd_py.plugin import port_argument
 from qpsmtpd_py.virus_scan import (
     ScanError,
     ScannerPlugin,
-    add_virus_headers,
-    is_multipart,
     is_yes,
-    note_virus,
     size_argument,
 )
 
@@ -124,9 +121,7 @@ class ClamdScan(ScannerPlugin):
                                         "max_size", "scan_all"))
         self.setup_limits(self.args)
         port = self.args.get("clamd_port")
-        if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
-            raise PluginError(f"clamd_port must be a TCP port number, not {port!r}")
-        self.clamd_port = int(port) if port else None
+        self.clamd_port = port_argument("clamd_port", port) if port is not None else None
         self.clamd_host = self.args.get("clamd_host") or "localhost"
         self.clamd_socket = self.args.get("clamd_socket") or "/var/run/clamav/clamd.ctl"
         self.deny_viruses = is_yes(self.args.get("deny_viruses"), True)
@@ -138,10 +133,7 @@ class ClamdScan(ScannerPlugin):
         if self.connection.notes.get("naughty"):
             self.log(LOGINFO, "skip, naughty")
             return DECLINED
-        if self.too_big(transaction, self.max_bytes):
-            return DECLINED
-        if not self.scan_all and not is_multipart(transaction.header):
-            self.log(LOGINFO, "skip, not multipart")
+        if self.not_to_scan(transaction, self.max_bytes, multipart_only=not self.scan_all):
             return DECLINED
         try:
             reply = await self.limited_scan(lambda: self.clamd(b"INSTREAM", message_chunks(transaction)))
@@ -156,11 +148,7 @@ class ClamdScan(ScannerPlugin):
             self.log(LOGNOTICE, f"fail, found virus {found}")
             self.connection.notes["naughty"] = f"Virus found: {found}"
             self.adjust_karma(-1)
-            note_virus(transaction, found)
-            if self.deny_viruses:
-                return DENY, f"Virus found: {found}"
-            add_virus_headers(transaction, found)
-            return DECLINED
+            return self.virus_answer(transaction, found, self.deny_viruses, f"Virus found: {found}", at_top=True)
         if not reply.endswith(" OK"):
             return self.scan_failed(f"clamd said: {reply}")
         self.log(LOGINFO, "pass, clean")

@@ -35,17 +35,8 @@ import re
 
 from twisted.internet import defer, endpoints, protocol
 
-from qpsmtpd_py.constants import DECLINED, DENY, LOGERROR
-from qpsmtpd_py.virus_scan import (
-    ScanError,
-    ScannerPlugin,
-    add_virus_headers,
-    is_multipart,
-    is_yes,
-    note_virus,
-    program_path,
-    size_argument,
-)
+from qpsmtpd_py.constants import DECLINED, LOGERROR
+from qpsmtpd_py.virus_scan import ScanError, ScannerPlugin, is_yes, program_path, size_argument
 
 _VIRUS = re.compile(r"^1:?(.*)$")
 _ANSWER_LIMIT = 256  # qpsmtpd reads one 256-byte answer
@@ -86,10 +77,7 @@ class Sophie(ScannerPlugin):
         self.max_bytes = size_argument("max_size", values.get("max_size"), 128) * 1024
 
     async def hook_data_post(self, transaction):
-        if self.too_big(transaction, self.max_bytes):
-            return DECLINED
-        if not is_multipart(transaction.header):
-            self.log(LOGERROR, "skip, not multipart")
+        if self.not_to_scan(transaction, self.max_bytes, level=LOGERROR):
             return DECLINED
         try:
             answer = await self.limited_scan(lambda: self.scan(transaction))
@@ -99,11 +87,8 @@ class Sophie(ScannerPlugin):
         if virus:
             names = virus.group(1)
             self.log(LOGERROR, f"virus(es) found: {names}")
-            note_virus(transaction, names)
-            if self.deny_viruses:
-                return DENY, f"Virus{'es' if ',' in names else ''} Found: {names}"
-            add_virus_headers(transaction, names, at_top=False)
-            return DECLINED
+            return self.virus_answer(transaction, names, self.deny_viruses,
+                                     f"Virus{'es' if ',' in names else ''} Found: {names}")
         if answer != "0":
             return self.scan_failed(f"Sophie said {answer!r}" if answer else "Sophie gave no answer")
         transaction.header.add("X-Virus-Checked", f"Checked by SOPHIE on {self.qp.config('me')}")

@@ -36,17 +36,8 @@ has a fixed 250,000-byte limit; we add max_size.
 
 import re
 
-from qpsmtpd_py.constants import DECLINED, DENY, LOGERROR, LOGINFO
-from qpsmtpd_py.virus_scan import (
-    ScanError,
-    ScannerPlugin,
-    add_virus_headers,
-    is_multipart,
-    is_yes,
-    note_virus,
-    program_path,
-    size_argument,
-)
+from qpsmtpd_py.constants import DECLINED, DENY, LOGERROR
+from qpsmtpd_py.virus_scan import ScanError, ScannerPlugin, is_yes, program_path, size_argument
 
 _FOUND = re.compile(r".*\W+Found (.*)\n")
 _FAILURES = {2: "integrity check of a DAT file failed", 6: "a general problem occurred",
@@ -63,10 +54,7 @@ class UVScan(ScannerPlugin):
         self.max_bytes = size_argument("max_size", values.get("max_size"), 0) * 1024 or 250_000
 
     async def hook_data_post(self, transaction):
-        if self.too_big(transaction, self.max_bytes):
-            return DECLINED
-        if not is_multipart(transaction.header):
-            self.log(LOGINFO, "skip, not multipart")
+        if self.not_to_scan(transaction, self.max_bytes):
             return DECLINED
         try:
             status, output = await self.limited_scan(lambda: self.scan(transaction))
@@ -82,11 +70,7 @@ class UVScan(ScannerPlugin):
         found = _FOUND.search(output)
         virus = found.group(1) if found else "unknown"
         self.log(LOGERROR, f"{_VIRUS_NOTES.get(status, 'virus found')} ({status}): {virus}")
-        note_virus(transaction, virus)
-        if self.deny_viruses:
-            return DENY, f"Virus Found: {virus}"
-        add_virus_headers(transaction, virus, at_top=False)
-        return DECLINED
+        return self.virus_answer(transaction, virus, self.deny_viruses, f"Virus Found: {virus}")
 
     async def scan(self, transaction):
         path = await self.message_file(transaction)

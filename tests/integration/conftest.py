@@ -14,14 +14,9 @@ from typing import Self
 
 import pytest
 from harness import write_config
+from server_process import free_port  # noqa: F401  (the tests import it from here)
 
 DAEMON = Path(sys.executable).parent / "qpsmtpd-py-prefork"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen | None, timeout: float = 10.0,

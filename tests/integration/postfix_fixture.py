@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from server_process import free_port
+
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 DOMAIN = "test.example.org"
 HOSTNAME = "mx.postfix.example.net"
@@ -71,12 +73,6 @@ def postfix_available() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class PostfixInstance:
     def __init__(self, mailboxes: list[str] = ("user",), refused: dict[str, str] | None = None,
                  header_checks: list[str] = (), main_cf: dict[str, str] | None = None) -> None:
@@ -89,8 +85,8 @@ class PostfixInstance:
         self.data_dir = self.base / "data"
         self.mail_dir = self.base / "mail"
         self.maillog = self.base / "maillog"
-        self.port = _free_port()
-        self.cleanup_port = _free_port()  # cleanup published on TCP as well
+        self.port = free_port()
+        self.cleanup_port = free_port()  # cleanup published on TCP as well
         self.mailboxes = list(mailboxes)
         self.refused = dict(refused or {})
         self.header_checks = list(header_checks)

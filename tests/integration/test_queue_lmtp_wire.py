@@ -2,94 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
-from pathlib import Path
-
 import pytest
-from conftest import free_port, wait_until
+from conftest import wait_until
+from dovecot_server import DovecotServer, dovecot_available
 
-DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
-
-pytestmark = pytest.mark.skipif(not (os.access(DOVECOT, os.X_OK) and Path("/usr/lib/dovecot/lmtp").exists()),
-                                reason="dovecot-lmtpd (Debian) is not installed")
+pytestmark = pytest.mark.skipif(not dovecot_available("lmtp"), reason="dovecot-lmtpd (Debian) is not installed")
 
 
 @pytest.fixture
 def dovecot():
     """Dovecot with LMTP on a loopback port and a unix socket; user `user`, Maildir in a temporary directory."""
-    directory = Path(tempfile.mkdtemp(prefix="lmtp-wire-"))  # short: unix socket paths have a limit
-    directory.chmod(0o755)
-    mail = directory / "mail"
-    mail.mkdir()
-    mail.chmod(0o777)
-    account = pwd.getpwnam("nobody") if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
-    (directory / "users").write_text(f"user:{{PLAIN}}unused:{account.pw_uid}:{account.pw_gid}::{mail}/user::\n")
-    port = free_port()
-    (directory / "dovecot.conf").write_text(f"""
-base_dir = {directory}/run
-state_dir = {directory}/state
-log_path = {directory}/dovecot.log
-instance_name = lmtp-wire-{os.getpid()}
-protocols = lmtp
-listen = 127.0.0.1
-ssl = no
-default_internal_user = {account.pw_name}
-default_login_user = {account.pw_name}
-first_valid_uid = {min(account.pw_uid, 500)}
-auth_username_format = %Ln
-mail_location = maildir:~/Maildir
-userdb {{
-  driver = passwd-file
-  args = {directory}/users
-}}
-passdb {{
-  driver = passwd-file
-  args = {directory}/users
-}}
-service lmtp {{
-  inet_listener lmtp {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  unix_listener {directory}/lmtp {{
-    mode = 0666
-  }}
-}}
-service stats {{
-  unix_listener stats-writer {{
-    mode = 0666
-  }}
-}}
-""")
-    process = subprocess.Popen([DOVECOT, "-c", str(directory / "dovecot.conf"), "-F"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = DovecotServer("lmtp", {"user": "unused"}, "lmtp-wire", "auth_username_format = %Ln")
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                if (directory / "lmtp").exists():
-                    break
-            except OSError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "dovecot did not start"
-            time.sleep(0.05)
-        yield port, directory / "lmtp", mail / "user" / "Maildir" / "new"
+        server.start()
+        yield server.port, server.socket, server.maildir_new("user")
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        shutil.rmtree(directory, ignore_errors=True)
+        server.stop()
 
 
 @pytest.mark.parametrize("where", ["tcp", "unix"])

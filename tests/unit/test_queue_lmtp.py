@@ -11,18 +11,12 @@ stage, silence).
 
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import signal
 import socket
-import subprocess
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
+from dovecot_server import DovecotServer, dovecot_available
 from harness import SessionDriver, make_qp
 from reactor_helpers import capture_log, dot_stuffed, free_port, next_reply, run, wait_until
 from reactor_helpers import queue_qp as lmtp_qp
@@ -30,9 +24,7 @@ from twisted.internet import task
 
 from qpsmtpd_py.constants import LOGERROR
 
-DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
-LMTP_BINARY = Path("/usr/lib/dovecot/lmtp")
-HAVE_DOVECOT = os.access(DOVECOT, os.X_OK) and LMTP_BINARY.exists()
+HAVE_DOVECOT = dovecot_available("lmtp")
 needs_dovecot = pytest.mark.skipif(not HAVE_DOVECOT, reason="dovecot-lmtpd (Debian) is not installed")
 
 USER = "user@test.example.org"
@@ -63,99 +55,20 @@ def deliver(reactor, qp, recipients=(USER,), message=MESSAGE, sender="a@example.
 
 # -- Dovecot -------------------------------------------------------------------------------------
 
-class Dovecot:
-    """Dovecot's LMTP server on a loopback port and a unix socket, users `user` and `user2`.
-
-    Its directory is a short one under the system's temporary directory (unix
-    socket paths are limited to 107 bytes) that the mail user can enter.
-    """
+class Dovecot(DovecotServer):
+    """Dovecot's LMTP server on a loopback port and a unix socket, users `user` and `user2`."""
 
     def __init__(self):
-        self.dir = Path(tempfile.mkdtemp(prefix="lmtp-"))
-        self.dir.chmod(0o755)
-        self.port = free_port()
-        self.socket = self.dir / "lmtp"
-        self.mail = self.dir / "mail"
-        self.mail.mkdir()
-        self.mail.chmod(0o777)
-        if os.geteuid() == 0:
-            account = pwd.getpwnam("nobody")
-        else:
-            account = pwd.getpwuid(os.geteuid())
-        users = "".join(f"{name}:{{PLAIN}}unused:{account.pw_uid}:{account.pw_gid}::{self.mail}/{name}::\n"
-                        for name in ("user", "user2"))
-        (self.dir / "users").write_text(users)
-        config = f"""
-base_dir = {self.dir}/run
-state_dir = {self.dir}/state
-log_path = {self.dir}/dovecot.log
-instance_name = lmtp-test-{os.getpid()}
-protocols = lmtp
-listen = 127.0.0.1
-ssl = no
-default_internal_user = {account.pw_name}
-default_login_user = {account.pw_name}
-first_valid_uid = {min(account.pw_uid, 500)}
-auth_username_format = %Ln
-mail_location = maildir:~/Maildir
-userdb {{
-  driver = passwd-file
-  args = {self.dir}/users
-}}
-passdb {{
-  driver = passwd-file
-  args = {self.dir}/users
-}}
-service lmtp {{
-  inet_listener lmtp {{
-    address = 127.0.0.1
-    port = {self.port}
-  }}
-  unix_listener {self.socket} {{
-    mode = 0666
-  }}
-}}
-service stats {{
-  unix_listener stats-writer {{
-    mode = 0666
-  }}
-}}
-"""
-        self.config = self.dir / "dovecot.conf"
-        self.config.write_text(config)
-        self.process = subprocess.Popen([DOVECOT, "-c", str(self.config), "-F"], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                if self.socket.exists():
-                    break
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"dovecot did not start: {self.process.stderr.read().decode()}\n{self.log()}")
-            time.sleep(0.05)
-
-    def log(self):
-        path = self.dir / "dovecot.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        super().__init__("lmtp", {"user": "unused", "user2": "unused"}, "lmtp-test", "auth_username_format = %Ln")
+        try:
+            self.start()
+        except RuntimeError:
+            self.stop()
+            raise
 
     def messages(self, user="user"):
-        new = self.mail / user / "Maildir" / "new"
+        new = self.maildir_new(user)
         return [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process.stderr.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture

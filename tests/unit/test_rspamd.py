@@ -69,6 +69,17 @@ def fake(reactor):
         port.stopListening()
 
 
+@pytest.fixture
+def rspamd_answering(tmp_path, reactor, fake):
+    """(answer, arguments) -> a qp whose rspamd plugin asks a fake rspamd that gives `answer`."""
+
+    def make(answer, arguments=""):
+        _, port = fake(answer)
+        return rspamd_qp(tmp_path, reactor, f"port {port} {arguments}".rstrip())
+
+    return make
+
+
 def rspamd_qp(tmp_path, reactor, arguments, files=None):
     qp = make_qp(tmp_path, files=files, plugins=["rcpt_ok", f"rspamd {arguments}", "capture"],
                  plugin_files={"capture": CAPTURE})
@@ -156,28 +167,25 @@ def test_message_over_max_size_passes_unscanned(tmp_path, reactor, fake):
 
 # -- verdicts -----------------------------------------------------------------------------------
 
-def test_reject_action_rejects_with_rspamd_message(tmp_path, reactor, fake):
-    _, port = fake({**HAM, "score": 15.0, "action": "reject", "messages": {"smtp_message": "Gtube pattern"}})
-    qp = rspamd_qp(tmp_path, reactor, f"port {port}")
+def test_reject_action_rejects_with_rspamd_message(reactor, rspamd_answering):
+    qp = rspamd_answering({**HAM, "score": 15.0, "action": "reject", "messages": {"smtp_message": "Gtube pattern"}})
     assert send(reactor, qp) == "552 Gtube pattern"
     assert captured(qp) == []
 
 
-def test_reject_without_message_and_reject_type_temp(tmp_path, reactor, fake):
-    _, port = fake({**HAM, "score": 20.0, "action": "reject"})
-    qp = rspamd_qp(tmp_path, reactor, f"port {port} reject_type temp")
+def test_reject_without_message_and_reject_type_temp(reactor, rspamd_answering):
+    qp = rspamd_answering({**HAM, "score": 20.0, "action": "reject"}, "reject_type temp")
     assert send(reactor, qp) == "452 Detected as spam"
 
 
-def test_soft_reject_defers(tmp_path, reactor, fake):
-    _, port = fake({**HAM, "action": "soft reject", "messages": {"smtp_message": "Try again later, ratelimited"}})
-    qp = rspamd_qp(tmp_path, reactor, f"port {port}")
+def test_soft_reject_defers(reactor, rspamd_answering):
+    qp = rspamd_answering({**HAM, "action": "soft reject",
+                           "messages": {"smtp_message": "Try again later, ratelimited"}})
     assert send(reactor, qp) == "452 Try again later, ratelimited"
 
 
-def test_reject_never_keeps_the_message_with_headers_and_subject(tmp_path, reactor, fake):
-    _, port = fake({**HAM, "score": 16.0, "action": "reject"})
-    qp = rspamd_qp(tmp_path, reactor, f"port {port} reject never soft_reject never")
+def test_reject_never_keeps_the_message_with_headers_and_subject(reactor, rspamd_answering):
+    qp = rspamd_answering({**HAM, "score": 16.0, "action": "reject"}, "reject never soft_reject never")
     assert send(reactor, qp) == "250 Queued"
     [(header, _, notes)] = captured(qp)
     assert "\nSubject: [SPAM] hello there\n" in header
@@ -185,9 +193,8 @@ def test_reject_never_keeps_the_message_with_headers_and_subject(tmp_path, react
     assert notes["rspamd"]["action"] == "reject" and notes["rspamd"]["score"] == 16.0
 
 
-def test_add_header_action_adds_every_header(tmp_path, reactor, fake):
-    _, port = fake({**HAM, "score": 8.0, "action": "add header"})
-    qp = rspamd_qp(tmp_path, reactor, f"port {port}")
+def test_add_header_action_adds_every_header(reactor, rspamd_answering):
+    qp = rspamd_answering({**HAM, "score": 8.0, "action": "add header"})
     assert send(reactor, qp) == "250 Queued"
     [(header, body, notes)] = captured(qp)
     assert "X-Spam-Status: Yes, score=8.00 required=15.00 action=add header\n" in header
@@ -199,57 +206,52 @@ def test_add_header_action_adds_every_header(tmp_path, reactor, fake):
     assert body == b"body line\n.dotted line\n"
 
 
-def test_no_action_adds_no_header(tmp_path, reactor, fake):
-    _, port = fake(HAM)
-    qp = rspamd_qp(tmp_path, reactor, f"port {port}")
+def test_no_action_adds_no_header(reactor, rspamd_answering):
+    qp = rspamd_answering(HAM)
     assert send(reactor, qp) == "250 Queued"
     assert "X-Spam-Status" not in captured(qp)[0][0]
 
 
-def test_add_header_always_adds_the_chosen_headers_to_ham(tmp_path, reactor, fake):
-    _, port = fake(HAM)
-    qp = rspamd_qp(tmp_path, reactor, f"port {port} add_header always headers status,score")
+def test_add_header_always_adds_the_chosen_headers_to_ham(reactor, rspamd_answering):
+    qp = rspamd_answering(HAM, "add_header always headers status,score")
     assert send(reactor, qp) == "250 Queued"
     header = captured(qp)[0][0]
     assert "X-Spam-Status: No, score=1.50 required=15.00 action=no action\n" in header
     assert "X-Rspamd-Score: 1.50\n" in header and "X-Rspamd-Bar" not in header
 
 
-def test_rewrite_subject_uses_rspamd_subject(tmp_path, reactor, fake):
-    _, port = fake({**HAM, "score": 9.0, "action": "rewrite subject", "subject": "***SPAM*** %s"})
-    qp = rspamd_qp(tmp_path, reactor, f"port {port} headers none")
+def test_rewrite_subject_uses_rspamd_subject(reactor, rspamd_answering):
+    qp = rspamd_answering({**HAM, "score": 9.0, "action": "rewrite subject", "subject": "***SPAM*** %s"},
+                          "headers none")
     assert send(reactor, qp) == "250 Queued"
     header = captured(qp)[0][0]
     assert "Subject: ***SPAM*** hello there\n" in header and header.count("Subject:") == 1
     assert "X-Spam-Status" not in header
 
 
-def test_our_reject_threshold_overrides_rspamd_action(tmp_path, reactor, fake):
-    _, port = fake({**HAM, "score": 7.5, "action": "no action"})
-    qp = rspamd_qp(tmp_path, reactor, f"port {port} reject 7")
+def test_our_reject_threshold_overrides_rspamd_action(reactor, rspamd_answering):
+    qp = rspamd_answering({**HAM, "score": 7.5, "action": "no action"}, "reject 7")
     assert send(reactor, qp) == "552 Detected as spam"
 
 
-def test_score_under_our_reject_threshold_gets_our_rewrite_subject(tmp_path, reactor, fake):
-    _, port = fake({**HAM, "score": 7.5, "action": "no action"})
-    qp = rspamd_qp(tmp_path, reactor, f"port {port} reject 8 rewrite_subject 7.5 subject_prefix [junk]")
+def test_score_under_our_reject_threshold_gets_our_rewrite_subject(reactor, rspamd_answering):
+    qp = rspamd_answering({**HAM, "score": 7.5, "action": "no action"},
+                          "reject 8 rewrite_subject 7.5 subject_prefix [junk]")
     assert send(reactor, qp) == "250 Queued"
     assert "Subject: [junk] hello there\n" in captured(qp)[0][0]
 
 
-def test_greylist_action_counts_as_no_action(tmp_path, reactor, fake):
-    _, port = fake({**HAM, "score": 4.5, "action": "greylist"})
-    qp = rspamd_qp(tmp_path, reactor, f"port {port}")
+def test_greylist_action_counts_as_no_action(reactor, rspamd_answering):
+    qp = rspamd_answering({**HAM, "score": 4.5, "action": "greylist"})
     assert send(reactor, qp) == "250 Queued"
     assert "X-Spam-Status" not in captured(qp)[0][0]
 
 
-def test_rspamd_milter_block_removes_and_adds_headers(tmp_path, reactor, fake):
+def test_rspamd_milter_block_removes_and_adds_headers(reactor, rspamd_answering):
     milter = {"remove_headers": {"X-Spam": 0, "X-Old": 2},
               "add_headers": {"X-Spam": "Yes", "DKIM-Signature": {"value": "v=1; a=rsa-sha256", "order": 0},
                               "X-Multi": ["one", "two"]}}
-    _, port = fake({**HAM, "milter": milter})
-    qp = rspamd_qp(tmp_path, reactor, f"port {port}")
+    qp = rspamd_answering({**HAM, "milter": milter})
     message = "X-Spam: forged\r\nX-Old: 1\r\nX-Old: 2\r\nX-Old: 3\r\n" + MESSAGE
     assert send(reactor, qp, message=message) == "250 Queued"
     header = captured(qp)[0][0]
@@ -258,9 +260,8 @@ def test_rspamd_milter_block_removes_and_adds_headers(tmp_path, reactor, fake):
     assert "X-Old: 1\nX-Old: 3\n" in header
 
 
-def test_milter_headers_no_ignores_the_block(tmp_path, reactor, fake):
-    _, port = fake({**HAM, "milter": {"add_headers": {"X-Spam": "Yes"}}})
-    qp = rspamd_qp(tmp_path, reactor, f"port {port} milter_headers no")
+def test_milter_headers_no_ignores_the_block(reactor, rspamd_answering):
+    qp = rspamd_answering({**HAM, "milter": {"add_headers": {"X-Spam": "Yes"}}}, "milter_headers no")
     assert send(reactor, qp) == "250 Queued"
     assert "X-Spam:" not in captured(qp)[0][0]
 
