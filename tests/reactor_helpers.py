@@ -18,6 +18,21 @@ from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
 
+class FakeClock:
+    """A wall clock tests move by hand: `clock.now += 3600`."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
 @pytest.fixture
 def reactor():
     from twisted.internet.epollreactor import EPollReactor

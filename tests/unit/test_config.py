@@ -5,17 +5,10 @@ import socket
 from pathlib import Path
 
 import pytest
+from reactor_helpers import FakeClock
 
 from qpsmtpd_py.cdb import write_cdb
 from qpsmtpd_py.config import DEFAULTS, ConfigError, ConfigReader, search_path
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def write(path: Path, text: str) -> Path:
@@ -316,7 +309,7 @@ def test_config_error_text_without_line_or_fix():
 
 
 def test_edit_is_seen_only_after_the_recheck_interval(tmp_path):
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     path = write(tmp_path / "databytes", "1000\n")
     reader = ConfigReader([tmp_path], recheck_interval=5, clock=clock)
     assert reader.first("databytes") == "1000"
@@ -331,7 +324,7 @@ def test_edit_is_seen_only_after_the_recheck_interval(tmp_path):
 
 
 def test_edit_of_an_included_file_is_seen(tmp_path):
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     write(tmp_path / "badhelo", "$include more\n")
     more = write(tmp_path / "more", "a\n")
     reader = ConfigReader([tmp_path], recheck_interval=1, clock=clock)
@@ -344,7 +337,7 @@ def test_edit_of_an_included_file_is_seen(tmp_path):
 
 
 def test_file_added_to_an_included_directory_is_seen(tmp_path):
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     write(tmp_path / "plugins", "$include plugins.d\n")
     write(tmp_path / "plugins.d" / "a", "relay\n")
     reader = ConfigReader([tmp_path], recheck_interval=1, clock=clock)
@@ -357,7 +350,7 @@ def test_file_added_to_an_included_directory_is_seen(tmp_path):
 
 
 def test_new_file_is_noticed_after_the_interval(tmp_path):
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     reader = ConfigReader([tmp_path], recheck_interval=2, clock=clock)
     assert reader.first("timeout") == "1200"
     assert reader.get("rcpthosts") == ()
@@ -372,7 +365,7 @@ def test_new_file_is_noticed_after_the_interval(tmp_path):
 
 
 def test_deleted_file_falls_back_to_the_default(tmp_path):
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     path = write(tmp_path / "me", "mx.example\n")
     reader = ConfigReader([tmp_path], recheck_interval=1, clock=clock)
     assert reader.first("me") == "mx.example"
@@ -383,7 +376,7 @@ def test_deleted_file_falls_back_to_the_default(tmp_path):
 
 
 def test_unchanged_files_are_not_reparsed(tmp_path):
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     write(tmp_path / "rcpthosts", "example.com\n")
     reader = ConfigReader([tmp_path], recheck_interval=1, clock=clock)
     first = reader.get("rcpthosts")
@@ -393,7 +386,7 @@ def test_unchanged_files_are_not_reparsed(tmp_path):
 
 
 def test_clear_drops_cached_values(tmp_path):
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     path = write(tmp_path / "loglevel", "4\n")
     reader = ConfigReader([tmp_path], recheck_interval=3600, clock=clock)
     assert reader.first("loglevel") == "4"
@@ -448,7 +441,7 @@ def test_map_comes_from_the_directory_holding_the_cdb(tmp_path):
 
 
 def test_map_rebuild_is_seen_after_the_interval(tmp_path):
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     path = tmp_path / "morerelayclients.cdb"
     reader = ConfigReader([tmp_path], recheck_interval=1, clock=clock)
     assert len(reader.map("morerelayclients")) == 0

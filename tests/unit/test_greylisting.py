@@ -16,17 +16,6 @@ CLIENT_KEY = str(0xC0000201)
 MAIL = ["HELO client.example", "MAIL FROM:<a@example.com>"]
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
 
 
 @pytest.fixture

@@ -5,21 +5,13 @@ from __future__ import annotations
 import socket
 
 import pytest
-from reactor_helpers import reactor, run  # noqa: F401  (reactor is a fixture)
+from reactor_helpers import FakeClock, reactor, run  # noqa: F401  (reactor is a fixture)
 from redis_server import redis_server  # noqa: F401  (a fixture)
 from twisted.internet import defer
 
 from qpsmtpd_py.state import RedisAddress, StoreError, StoreSettings, parse_redis_address
 from qpsmtpd_py.state.redis import RedisStore, parse_reply
 from qpsmtpd_py.state.sqlite import SQLiteStore
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(params=["sqlite", "redis"])
