@@ -25,9 +25,13 @@ class Discard(Plugin):
             raise PluginError(f"takes no arguments (but loglevel), not {' '.join(args)!r}")
 
     def hook_queue(self, transaction):
+        if self.log_enabled(LOGINFO):
+            self._log_discarded(transaction)
+        return OK, "Queued (discarded, not delivered)"
+
+    def _log_discarded(self, transaction):
         message_id = (transaction.header.get("Message-Id") or "").split("\n")[0].strip() \
             if transaction.header is not None else ""
         size = len(transaction.header_bytes()) + 1 + transaction.body_size
         self.log(LOGINFO, f"discarded: from {transaction.sender.format()}, "
                           f"{len(transaction.recipients)} recipient(s), {size} bytes {message_id}".rstrip())
-        return OK, "Queued (discarded, not delivered)"

@@ -3,7 +3,7 @@
 import pytest
 from harness import SessionDriver, make_qp, plugin_source
 
-from qpsmtpd_py.constants import LOGINFO
+from qpsmtpd_py.constants import LOGINFO, LOGWARN
 
 
 def send(qp, message=b"Subject: trap\r\nMessage-Id: <trap1@example.com>\r\n\r\nspam\r\n.\r\n"):
@@ -18,6 +18,7 @@ def send(qp, message=b"Subject: trap\r\nMessage-Id: <trap1@example.com>\r\n\r\ns
 
 def test_answers_queued_and_keeps_nothing(tmp_path):
     qp = make_qp(tmp_path, plugins=["rcpt_ok", "queue/discard"])
+    qp.logger.level = LOGINFO
     log = []
     qp.logger.log = lambda level, message, hook=None, plugin=None: log.append((level, plugin, message))
     assert send(qp) == ["250 Queued (discarded, not delivered)"]
@@ -25,6 +26,18 @@ def test_answers_queued_and_keeps_nothing(tmp_path):
     lines = [m for level, plugin, m in log if plugin == "queue::discard" and level == LOGINFO]
     assert len(lines) == 1 and lines[0].startswith("discarded: from <s@example.com>, 2 recipient(s), ")
     assert lines[0].endswith(" bytes <trap1@example.com>")
+
+
+def test_below_loglevel_info_the_log_line_is_not_built(tmp_path):
+    qp = make_qp(tmp_path, plugins=["rcpt_ok", "queue/discard"])
+    qp.logger.level = LOGWARN
+    log = []
+    qp.logger.log = lambda level, message, hook=None, plugin=None: log.append((level, plugin, message))
+    built = []
+    discard = next(p for p in qp.plugins if p.name == "queue::discard")
+    discard._log_discarded = built.append
+    assert send(qp) == ["250 Queued (discarded, not delivered)"]
+    assert built == [] and [m for _, plugin, m in log if plugin == "queue::discard"] == []
 
 
 def test_a_queue_plugin_before_it_wins(tmp_path):
