@@ -14,7 +14,9 @@ exits; TERM, INT and HUP make it stop accepting and finish its sessions.
 from __future__ import annotations
 
 import errno
+import gc
 import os
+import resource
 import signal
 import socket
 import time
@@ -58,6 +60,23 @@ def bind_sockets(addresses: list[ListenAddress]) -> list[socket.socket]:
         sock.setblocking(False)
         sockets.append(sock)
     return sockets
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard limit, for the master and its children.
+
+    A child holds one socket per session plus its spool files, so a few thousand
+    `--sessions-per-child` need more than the usual soft limit of 1024. The hard
+    limit is the administrator's ceiling, and raising the soft one up to it needs
+    no privilege. An unlimited hard limit is not a valid soft one for open files:
+    then the soft limit stays as it is.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass  # a container may refuse; the daemon still runs with the old limit
 
 
 def failed_at_start(status: int) -> bool:
@@ -115,6 +134,7 @@ class Master:
 
     def run(self) -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)
+        raise_open_files_limit()  # before the first fork: children inherit it
         self.spawn_missing()
         deadline: float | None = None
         while True:
@@ -162,6 +182,11 @@ class Master:
         if region is None:
             return False  # old children still draining hold every region
         master_pid = os.getpid()
+        # Keep the master's objects out of the children's garbage collections: a
+        # full collection writes to every object it scans, and each page written
+        # is copied, so a child's private memory grew from 5 to 19 MiB in its
+        # first 20,000 sessions. Frozen, they stay shared.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             code = 0
@@ -223,6 +248,7 @@ class Master:
         from .plugin import forget_loaded_plugins
 
         forget_loaded_plugins()
+        gc.unfreeze()  # the old config's objects may be collected once no child needs them
         try:
             qp = self.make_qp()
         except Exception as exc:  # a broken config must not take the running daemon down
