@@ -33,6 +33,8 @@ import threading
 import time
 from pathlib import Path
 
+from twisted.internet import threads
+
 from qpsmtpd_py.constants import DECLINED, LOGERROR, OK
 from qpsmtpd_py.plugin import Plugin, PluginError
 
@@ -117,8 +119,6 @@ class Maildir(Plugin):
                 raise PluginError(f"cannot create Maildir {self.maildir}: {exc.strerror}") from exc
 
     def hook_queue(self, transaction):
-        from twisted.internet import threads
-
         # Header changes happen here, in the reactor thread; only file I/O goes to a thread.
         if self.subdirs is None:
             for recipient in transaction.recipients:
