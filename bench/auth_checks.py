@@ -32,8 +32,8 @@ Cases:
 
 Each run is preceded by 300 warm-up messages (not counted). The cases run in
 turns, `--repeat` times; the median msgs/s is printed, with the DNS questions
-the server saw per run (and by name, of the last run). Queue: config/'s queue/maildir (fsync), as
-bench/run.sh. Everything listens on 127.0.0.1 only; the DNS server is Python
+the server saw per run (and by name, of the last run). Queue: config/'s queue/maildir (fsync), as the
+`default` config of bench/compare.py. Everything listens on 127.0.0.1 only; the DNS server is Python
 threads in this process, on the same cores as the daemon and smtp-source.
 """
 

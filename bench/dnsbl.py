@@ -20,8 +20,8 @@ line put first in config/plugins (before any plugin could end the session).
    caches (negative TTL 60 s: what a client that comes back gets), and with
    dnsbl on 3 zones answered with TTL 0 (3 DNS queries per session, every
    session). Run in turns, `--repeat` times; the median is printed, with the
-   DNS questions the server saw. Queue: config/'s queue/maildir (fsync), as
-   bench/run.sh.
+   DNS questions the server saw. Queue: config/'s queue/maildir (fsync), as the
+   `default` config of bench/compare.py.
 
 Everything listens on 127.0.0.1 only. The DNS server is Python threads in this
 process, on the same cores as the daemon and smtp-source.

@@ -17,7 +17,7 @@
 #    connected right after the kill is greeted; and from the master's start to
 #    $START_CHILDREN children serving.
 #
-# Like run.sh it runs on a copy of config/ in a temp dir, but the queue plugin is
+# Like bench/compare.py it runs on a copy of config/ in a temp dir, but the queue plugin is
 # replaced by a no-op one (bench_null_queue, written there), so the numbers measure the
 # process model, not fsync. Environment: PORT (2710), MESSAGES (5000), SESSIONS (20),
 # LIFETIME (--child-lifetime, 100 as in qpsmtpd), CHILDREN (2), START_CHILDREN (20),
