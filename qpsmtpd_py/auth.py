@@ -156,23 +156,23 @@ class AuthCommand:
             self.respond(504, f"Unimplemented authentication mechanism: {mechanism}")
             return None
         start = {"PLAIN": self._auth_plain, "LOGIN": self._auth_login, "CRAM-MD5": self._auth_cram_md5}
-        return self._guarded(mechanism, lambda: start[mechanism](initial))
+        return self._guarded(lambda: start[mechanism](initial))
 
     # -- the exchanges: each step returns None or a Deferred, like any command ----------
-    def _guarded(self, mechanism: str, step: Callable[[], Any]) -> Any:
+    def _guarded(self, step: Callable[[], Any]) -> Any:
         try:
             return step()
         except AuthCanceled as exc:
             self.respond(501, str(exc))
             return None
 
-    def _next_line(self, mechanism: str, step: Callable[[str], Any]) -> None:
-        self.expect_line(lambda line: self._guarded(mechanism, lambda: step(line)))
+    def _next_line(self, step: Callable[[str], Any]) -> None:
+        self.expect_line(lambda line: self._guarded(lambda: step(line)))
 
     def _auth_plain(self, initial: str | None) -> Any:
         if initial is None or initial == "=":  # "=" is an empty initial response (RFC 4954 4)
             self.respond(334, "")
-            self._next_line("PLAIN", self._plain_response)
+            self._next_line(self._plain_response)
             return None
         return self._plain_response(initial)
 
@@ -190,14 +190,14 @@ class AuthCommand:
     def _auth_login(self, initial: str | None) -> Any:
         if initial is None:
             self.respond(334, _LOGIN_USERNAME)
-            self._next_line("LOGIN", self._login_username)
+            self._next_line(self._login_username)
             return None
         return self._login_username(initial)
 
     def _login_username(self, text: str) -> None:
         user = decode_response(text)
         self.respond(334, _LOGIN_PASSWORD)
-        self._next_line("LOGIN", lambda line: self._check("LOGIN", user, decode_response(line), None, None))
+        self._next_line(lambda line: self._check("LOGIN", user, decode_response(line), None, None))
 
     def _auth_cram_md5(self, initial: str | None) -> Any:
         if initial is not None:
@@ -205,7 +205,7 @@ class AuthCommand:
             return None
         ticket = f"<{int.from_bytes(os.urandom(4), 'big')}.{int(time.time())}@{self.config('me')}>"
         self.respond(334, encode(ticket))
-        self._next_line("CRAM-MD5", lambda line: self._cram_md5_response(line, ticket))
+        self._next_line(lambda line: self._cram_md5_response(line, ticket))
         return None
 
     def _cram_md5_response(self, text: str, ticket: str) -> Any:
