@@ -35,6 +35,25 @@ def plugin_source(body: str) -> str:
     return PLUGIN_PREAMBLE + textwrap.dedent(body)
 
 
+# A test plugin: `answer HOOK CODE [message words]` answers CODE (a return-code
+# name) for HOOK and records (hook, args) in qp.trail.
+ANSWER = plugin_source("""
+    from qpsmtpd_py.constants import return_code
+
+    class Answer(Plugin):
+        def register(self, qp, hook, code, *message):
+            if not hasattr(qp, "trail"):
+                qp.trail = []
+            self.code = return_code(code)
+            self.message = " ".join(message)
+            self.register_hook(hook, self.answer)
+
+        def answer(self, transaction, *args):
+            self.qp.trail.append((self.running_hook, args))
+            return (self.code, self.message) if self.message else self.code
+""")
+
+
 def write_config(directory: Path, files: dict[str, str | Iterable[str]]) -> Path:
     """Write config files; a value is the file's text or its lines."""
     directory.mkdir(parents=True, exist_ok=True)

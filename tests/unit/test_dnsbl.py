@@ -12,6 +12,7 @@ import time
 import pytest
 from dns_server import FakeDNS, silent_udp_port
 from harness import SessionDriver, make_qp
+from reactor_helpers import run
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
@@ -44,8 +45,6 @@ def connect(reactor, tmp_path, server_address, zones, args="", ip="127.0.0.2", f
     qp = make_qp(tmp_path, files, plugins=[f"dnsbl {args}".strip(), "rcpt_ok"])
     qp.runner.clock = reactor
     qp._dns_resolver = Resolver(nameservers_for(qp), reactor=reactor)
-    outcome = []
-
     async def main():
         started = time.monotonic()
         driver = SessionDriver(qp, remote_ip=ip)
@@ -53,20 +52,7 @@ def connect(reactor, tmp_path, server_address, zones, args="", ip="127.0.0.2", f
             await task.deferLater(reactor, 0.01, lambda: None)
         return driver.take(), driver, time.monotonic() - started
 
-    def start():
-        d = defer.ensureDeferred(main())
-        d.addBoth(outcome.append)
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(start)
-    guard = reactor.callLater(timeout, reactor.stop)
-    reactor.run(installSignalHandlers=False)
-    if guard.active():
-        guard.cancel()
-    assert outcome, f"no reply within {timeout}s"
-    if isinstance(outcome[0], Failure):
-        outcome[0].raiseException()
-    lines, driver, elapsed = outcome[0]
+    lines, driver, elapsed = run(reactor, main, timeout)
     return lines[0], driver, elapsed
 
 

@@ -2,7 +2,7 @@
 
 
 import pytest
-from harness import SessionDriver, make_qp, plugin_source
+from harness import ANSWER, SessionDriver, make_qp, plugin_source
 
 from qpsmtpd_py import __version__
 
@@ -14,23 +14,6 @@ RCPT_OK = "250 <r@test.example.org>, recipient ok"
 
 
 
-# `answer HOOK CODE [message words]`: answers CODE (a name) for HOOK and records
-# (hook, args) in qp.trail.
-ANSWER = plugin_source("""
-    from qpsmtpd_py.constants import return_code
-
-    class Answer(Plugin):
-        def register(self, qp, hook, code, *message):
-            if not hasattr(qp, "trail"):
-                qp.trail = []
-            self.code = return_code(code)
-            self.message = " ".join(message)
-            self.register_hook(hook, self.answer)
-
-        def answer(self, transaction, *args):
-            self.qp.trail.append((self.running_hook, args))
-            return (self.code, self.message) if self.message else self.code
-""")
 
 QUEUE_OK = plugin_source("""
     class QueueOk(Plugin):

@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 
 import pytest
-from harness import SessionDriver, make_qp, plugin_source
+from harness import ANSWER, SessionDriver, make_qp, plugin_source
 from twisted.internet import task
 
 from qpsmtpd_py import __version__
@@ -33,22 +33,6 @@ CAPTURE = plugin_source("""
             return OK
 """)
 
-# `answer HOOK CODE [message words]`: answers CODE for HOOK; calls go to qp.trail.
-ANSWER = plugin_source("""
-    from qpsmtpd_py.constants import return_code
-
-    class Answer(Plugin):
-        def register(self, qp, hook, code, *message):
-            if not hasattr(qp, "trail"):
-                qp.trail = []
-            self.code = return_code(code)
-            self.message = " ".join(message)
-            self.register_hook(hook, self.answer)
-
-        def answer(self, transaction, *args):
-            self.qp.trail.append((self.running_hook, args))
-            return (self.code, self.message) if self.message else self.code
-""")
 
 QUEUED = ["250 Queued"]
 RECEIVED_DATE = r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} [+-]\d{4}"
