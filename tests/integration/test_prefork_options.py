@@ -144,7 +144,7 @@ def test_user_drops_privileges_before_any_plugin_runs(daemon_factory, tmp_path):
     # reaches an installed copy: open the directories on the way (the clone may sit in a
     # private temporary directory).
     checkout = Path(__file__).resolve().parents[2]
-    for directory in {*daemon.base.parents, *checkout.parents} - {Path("/")}:
+    for directory in {*daemon.base.parents, checkout, *checkout.parents} - {Path("/")}:
         directory.chmod(directory.stat().st_mode | 0o001)  # traverse only
     try:
         daemon.start()
